@@ -1,0 +1,1 @@
+"""Prefect flows: train_flow.py (flow name "train-flow")."""

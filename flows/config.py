@@ -1,0 +1,69 @@
+"""The typed configuration of a train-flow run, composed from the sections each part of the core owns.
+
+The flow takes the sections as separate parameters so that a deployment run can override one section
+(`--param train='{"n_epochs": 5}'`) without restating the others; Prefect validates each against its schema.
+"""
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.config import ModelConfig
+from preprocessing.config import DataConfig, SplitConfig, TabularConfig
+from preprocessing.errors import TorchyardError
+from preprocessing.sources import dataset_name
+from training.config import TrainerConfig
+
+
+class ConfigError(TorchyardError):
+    """A config file or flag that cannot be used."""
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str | None = Field(None, description="Registered model name; default '<dataset>-<model type>'.")
+    register_model: bool = Field(True, description="Register the exported model in the MLflow registry.")
+    tolerance: float = Field(1e-4, gt=0, description="Max |ONNX Runtime - torch| allowed on the test rows.")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: TabularConfig = Field(default_factory=TabularConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainerConfig = Field(default_factory=TrainerConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    experiment: str | None = Field(None, description="MLflow experiment; default: the dataset's name.")
+    seed: int = 42
+    model_fn: str | None = Field(None, description="Also write the model file here (plus .onnx beside it).")
+
+    @property
+    def dataset(self) -> str:
+        return dataset_name(self.data.source)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.dataset
+
+    @property
+    def model_name(self) -> str:
+        return self.export.model_name or f"{self.dataset}-{self.model.type}"
+
+    def flow_parameters(self) -> dict:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, split, preprocess, model, train, export)")
+    return loaded

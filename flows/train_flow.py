@@ -1,0 +1,121 @@
+"""train-flow: collect -> validate -> split -> preprocess -> train -> evaluate -> export ONNX -> register.
+
+One MLflow run per flow run. A rerun of the same flow run (Prefect retry) reopens that MLflow run and resumes
+training from the last checkpoint. Any failure marks the MLflow run FAILED with the reason as a tag.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry errors
+
+import mlflow  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.settings import PREFECT_UI_URL  # noqa: E402
+
+from flows.config import ExportConfig, RunConfig  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from preprocessing.config import DataConfig, SplitConfig, TabularConfig  # noqa: E402
+from preprocessing.errors import user_facing  # noqa: E402
+from tasks import tracking  # noqa: E402
+from tasks.collect import collect as collect_task  # noqa: E402
+from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
+from tasks.export import export as export_task  # noqa: E402
+from tasks.preprocess import preprocess as preprocess_task  # noqa: E402
+from tasks.register import register as register_task  # noqa: E402
+from tasks.split import split as split_task  # noqa: E402
+from tasks.train import train as train_task  # noqa: E402
+from tasks.validate import validate as validate_task  # noqa: E402
+from training.config import TrainerConfig  # noqa: E402
+
+WORK_ROOT = Path(os.environ.get("TORCHYARD_WORK_DIR", tracking.REPO / ".torchyard" / "work"))
+
+
+@flow(name="train-flow")
+def train_flow(
+    data: DataConfig = DataConfig(),
+    split: SplitConfig = SplitConfig(),
+    preprocess: TabularConfig = TabularConfig(),
+    model: ModelConfig = ModelConfig(),
+    train: TrainerConfig = TrainerConfig(),
+    export: ExportConfig = ExportConfig(),
+    experiment: str | None = None,
+    seed: int = 42,
+    model_fn: str | None = None,
+) -> dict:
+    config = RunConfig(data=data, split=split, preprocess=preprocess, model=model, train=train, export=export,
+                       experiment=experiment, seed=seed, model_fn=model_fn)
+    logger = get_run_logger()
+    run_key = str(flow_run.id or "local")
+    work_dir = WORK_ROOT / run_key
+    work_dir.mkdir(parents=True, exist_ok=True)
+    client = tracking.configure()
+    experiment_id = tracking.ensure_experiment(client, config.experiment_name)
+    previous = client.search_runs([experiment_id], f"tags.`prefect.flow_run_id` = '{run_key}'", max_results=1)
+
+    with mlflow.start_run(run_id=previous[0].info.run_id) if previous else mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{config.dataset}-{config.model.type}-{run_key[:8]}",
+            tags=_run_tags(config, run_key)) as run:
+        run_id = run.info.run_id
+        logger.info(f"MLflow run {run_id} in experiment '{config.experiment_name}' ({tracking.tracking_uri()})")
+        try:
+            snapshot = collect_task(config.data, run_id, work_dir)
+            validated = validate_task(snapshot, config.data, run_id)
+            splits = split_task(validated, config.split, config.seed, run_id)
+            prepared = preprocess_task(validated, splits, config.preprocess, run_id)
+            trained = train_task(prepared, config.model, config.train, config.seed, run_id, work_dir / "checkpoints")
+            metrics = evaluate_task(prepared, trained, run_id)
+            run_info = {"run_id": run_id, "experiment": config.experiment_name, "flow_run_id": run_key,
+                        "data_fingerprint": snapshot.fingerprint, "config": config.model_dump(mode="json")}
+            exported = export_task(prepared, trained, config.export.tolerance, run_id, run_info, metrics)
+            version = None
+            if config.export.register_model:
+                version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint)
+        except BaseException as exc:
+            reason = user_facing(exc)
+            reason = str(reason) if reason else f"{type(exc).__name__}: {exc}"
+            tracking.set_tags(run_id, {"failure_reason": reason[:5000]})
+            logger.error(f"train-flow failed: {reason}")
+            raise
+
+        model_path = Path(exported.bundle)
+        if config.model_fn:
+            model_path = _publish(exported.bundle, config.model_fn)
+            logger.info(f"model file written to {model_path} (and {model_path.with_suffix('.onnx').name} beside it)")
+    shutil.rmtree(work_dir, ignore_errors=True)  # kept on failure so that a retry resumes from the checkpoint
+    return {"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics, "model_name": config.model_name,
+            "model_version": version, "model_file": str(model_path) if config.model_fn else None}
+
+
+def _publish(bundle: Path, model_fn: str) -> Path:
+    target = Path(model_fn).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bundle, target)
+    shutil.copyfile(Path(bundle).with_suffix(".onnx"), target.with_suffix(".onnx"))
+    return target
+
+
+def _run_tags(config: RunConfig, run_key: str) -> dict:
+    config_json = json.dumps(config.model_dump(mode="json", exclude={"model_fn"}), sort_keys=True)
+    tags = {"prefect.flow_run_id": run_key,
+            "torchyard.config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:12],
+            "torchyard.data_type": config.data.data_type}
+    ui = PREFECT_UI_URL.value()
+    if ui and flow_run.id:
+        tags["prefect.flow_run_url"] = f"{ui.rstrip('/')}/runs/flow-run/{flow_run.id}"
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tracking.REPO, capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,1 @@
+"""Pure data transforms by type. Imports neither prefect nor mlflow."""

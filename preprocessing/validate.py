@@ -1,0 +1,159 @@
+"""Checks a table against the configuration before anything is trained, and decides the column roles.
+
+Each problem is a DataError naming the source, the column, a row and what was expected.
+"""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from preprocessing.config import DataConfig
+from preprocessing.errors import DataError
+
+MAX_CLASSES_FOR_INTEGER_TARGET = 20
+MIN_ROWS_PER_CLASS = 3  # one row each for train, val and test
+NUMERIC_TEXT_THRESHOLD = 0.9  # a text column this much parseable as numbers is a numeric column with typos
+
+
+@dataclass
+class TableSchema:
+    """What validation decided: column roles, task and classes. Plain values only, so it serialises to JSON."""
+
+    target: str
+    task: str
+    numeric: list[str]
+    categorical: list[str]
+    classes: list = field(default_factory=list)
+    n_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TableSchema":
+        return cls(**data)
+
+
+def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[pd.DataFrame, TableSchema]:
+    """Return the rows usable for training (null targets dropped) and the schema, or raise DataError."""
+    notes: list[str] = []
+    target = config.target or "target"
+    if target not in frame.columns:
+        hint = "" if config.target else " (no target given; pass --target NAME)"
+        raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(frame.columns)}")
+    null_target = frame[target].isna()
+    if null_target.all():
+        raise DataError(f"target column '{target}' in {name} has no values: all {len(frame)} rows are null")
+    if null_target.any():
+        notes.append(f"dropped {int(null_target.sum())} rows whose target '{target}' is null")
+        frame = frame.loc[~null_target].reset_index(drop=True)
+
+    numeric, categorical = _feature_roles(frame, config, target, name, notes)
+    task = _decide_task(frame[target], config.task)
+    classes: list = []
+    if task == "classification":
+        classes = _check_classes(frame[target], target, name)
+    else:
+        frame = frame.assign(**{target: _numeric_target(frame[target], target, name)})
+        if len(frame) < MIN_ROWS_PER_CLASS:
+            raise DataError(f"{name} has {len(frame)} rows with a target; a train/val/test split needs at least 3")
+    schema = TableSchema(target, task, numeric, categorical, classes, len(frame), notes)
+    return frame, schema
+
+
+def _names(columns) -> str:
+    return ", ".join(f"'{c}'" for c in columns)
+
+
+def _feature_roles(frame, config, target, name, notes) -> tuple[list[str], list[str]]:
+    if config.features is not None:
+        missing = [c for c in config.features if c not in frame.columns]
+        if missing:
+            raise DataError(f"feature column(s) {_names(missing)} not found in {name}; columns are: {_names(frame.columns)}")
+        candidates = [c for c in config.features if c != target]
+    else:
+        candidates = [c for c in frame.columns if c != target and c not in set(config.ignore)]
+    if not candidates:
+        raise DataError(f"{name} has no feature columns besides the target '{target}'")
+    usable = [c for c in candidates if not frame[c].isna().all()]
+    if not usable:
+        raise DataError(f"all feature columns in {name} are empty: every value of {_names(candidates)} is null")
+    if len(usable) < len(candidates):
+        empty = [c for c in candidates if c not in usable]
+        notes.append(f"dropped feature column(s) {_names(empty)}: every value is null")
+    numeric, categorical = [], []
+    for column in usable:
+        (numeric if _is_numeric_feature(frame[column], column, name) else categorical).append(column)
+    return numeric, categorical
+
+
+def _is_numeric_feature(values: pd.Series, column: str, name: str) -> bool:
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    if pd.api.types.is_numeric_dtype(values):
+        infinite = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise DataError(f"column '{column}' in {name} has infinite values (first at data row {row + 1}: "
+                            f"{values.iloc[row]}); expected finite numbers or empty cells")
+        return True
+    if pd.api.types.is_datetime64_any_dtype(values) or isinstance(values.dtype, pd.PeriodDtype):
+        raise DataError(f"column '{column}' in {name} holds dates ({values.dtype}); features must be numbers, "
+                        "booleans or text: convert it or list it under data.ignore")
+    present = values.dropna()
+    parsed = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
+    share = parsed.notna().mean()
+    if share >= NUMERIC_TEXT_THRESHOLD and share < 1.0:
+        bad = parsed.isna().to_numpy()
+        position = int(np.flatnonzero(bad)[0])
+        row = int(values.index.get_loc(present.index[position]))
+        raise DataError(f"column '{column}' in {name} holds numbers ({share:.0%} of values) but data row {row + 1} "
+                        f"has the text {present.iloc[position]!r}; fix the value, leave the cell empty, or list "
+                        "the column under data.ignore")
+    return False
+
+
+def _decide_task(target: pd.Series, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if pd.api.types.is_bool_dtype(target) or not pd.api.types.is_numeric_dtype(target):
+        return "classification"
+    values = target.to_numpy(dtype="float64")
+    integral = np.all(np.mod(values, 1) == 0)
+    return "classification" if integral and target.nunique() <= MAX_CLASSES_FOR_INTEGER_TARGET else "regression"
+
+
+def _check_classes(target: pd.Series, column: str, name: str) -> list:
+    counts = target.value_counts()
+    if len(counts) < 2:
+        raise DataError(f"target '{column}' in {name} has a single class {counts.index[0]!r}; "
+                        "classification needs at least two")
+    small = counts[counts < MIN_ROWS_PER_CLASS]
+    if len(small):
+        label, count = small.index[0], int(small.iloc[0])
+        raise DataError(f"class {label!r} of target '{column}' in {name} has only {count} row(s); a stratified "
+                        f"train/val/test split needs at least {MIN_ROWS_PER_CLASS} rows per class")
+    return sorted_classes(counts.index)
+
+
+def sorted_classes(values) -> list:
+    """Class labels as plain Python values in a stable order (numeric order for numbers, else text order)."""
+    plain = [v.item() if hasattr(v, "item") else v for v in values]
+    try:
+        return sorted(plain)
+    except TypeError:
+        return sorted(plain, key=str)
+
+
+def _numeric_target(target: pd.Series, column: str, name: str) -> pd.Series:
+    parsed = pd.to_numeric(target, errors="coerce")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"target '{column}' in {name} must be numeric for regression but data row {row + 1} "
+                        f"has {target.iloc[row]!r}")
+    if np.isinf(parsed.to_numpy(dtype="float64")).any():
+        row = int(np.flatnonzero(np.isinf(parsed.to_numpy(dtype="float64")))[0])
+        raise DataError(f"target '{column}' in {name} has an infinite value at data row {row + 1}")
+    return parsed.astype("float64")

@@ -1,0 +1,60 @@
+"""collect: read the source, write a Parquet snapshot and its fingerprint, log the dataset to MLflow."""
+from pathlib import Path
+
+import mlflow.data
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.entities import DatasetInput, InputTag
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from preprocessing.config import DataConfig
+from preprocessing.errors import DataError
+from preprocessing.sources import SAMPLE_PREFIX, TransientReadError, dataset_name, fingerprint, read_table
+from tasks import tracking
+from tasks.steps import Snapshot
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only reads that may succeed next time (refused, timed out, HTTP 5xx), not a missing file."""
+    try:
+        state.result()
+    except TransientReadError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _dataset_source(source: str):
+    """MLflow resolves paths and URLs itself; a bundled sample is recorded as code-generated data."""
+    if source.startswith(SAMPLE_PREFIX):
+        return CodeDatasetSource(tags={"source": source})
+    return source if "://" in source else str(Path(source).resolve())
+
+
+@task(name="collect", cache_policy=NO_CACHE, retry_condition_fn=_transient)
+def collect(config: DataConfig, run_id: str, work_dir: Path) -> Snapshot:
+    logger = get_run_logger()
+    try:
+        frame = read_table(config.source, config.format)
+    except TransientReadError as exc:
+        attempts = task_run.run_count
+        if attempts > config.read_retries:
+            raise DataError(f"{exc} (tried {attempts} times)") from exc
+        logger.warning(f"{exc}; retrying ({attempts}/{config.read_retries})")
+        raise
+    digest = fingerprint(frame)
+    path = Path(work_dir) / "snapshot.parquet"
+    frame.to_parquet(path, index=False)
+    logger.info(f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source} (fingerprint {digest})")
+
+    dataset = mlflow.data.from_pandas(frame, source=_dataset_source(config.source), name=dataset_name(config.source),
+                                      targets=config.target if config.target in frame.columns else None)
+    client = tracking.configure()
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                     tags=[InputTag("mlflow.data.context", "training")])])
+    tracking.log_params(run_id, "collect", {"source": config.source, "rows": len(frame),
+                                            "columns": len(frame.columns)})
+    tracking.set_tags(run_id, {"data_fingerprint": digest, "dataset": dataset_name(config.source)})
+    return Snapshot(path, config.source, digest, len(frame))

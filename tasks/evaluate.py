@@ -1,0 +1,70 @@
+"""evaluate: torchmetrics on the test split, a confusion matrix or predicted-vs-true plot, and a Prefect
+markdown artifact that summarises the run and links to it in MLflow."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from models import load_network
+from preprocessing.tabular import TabularTransform
+from tasks import tracking
+from tasks.steps import Prepared, Trained
+from training import evaluation
+from training.objectives import ServingModel, make_objective
+
+
+def serving_model(prepared: Prepared, trained: Trained) -> tuple[ServingModel, TabularTransform]:
+    """The trained network with its output head: probabilities, or values on the target's original scale."""
+    transform = TabularTransform(json.loads(Path(prepared.state_path).read_text()))
+    network, _ = load_network(trained.network)
+    target = transform.target
+    objective = make_objective(target["task"], len(target["classes"]))
+    return ServingModel(network, objective, target["mean"], target["std"]).eval(), transform
+
+
+def mlflow_run_url(run_id: str) -> str:
+    client = tracking.configure()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    base = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(prepared: Prepared, trained: Trained, run_id: str) -> dict:
+    model, transform = serving_model(prepared, trained)
+    arrays = np.load(prepared.arrays)
+    with torch.no_grad():
+        served = model(torch.from_numpy(arrays["test_features"]))
+    target = transform.target
+    targets = torch.from_numpy(arrays["test_targets"])
+    plot = Path(prepared.arrays).with_name("test_plot.png")
+    if target["task"] == "regression":
+        truth = targets.double() * target["std"] + target["mean"]
+        metrics = evaluation.test_metrics("regression", served, truth)
+        evaluation.plot_predicted_vs_true(served.reshape(-1).numpy(), truth.numpy(), plot)
+        artifact = "predicted_vs_true.png"
+    else:
+        metrics = evaluation.test_metrics("classification", served, targets)
+        evaluation.plot_confusion_matrix(evaluation.confusion_matrix(served, targets), target["classes"], plot)
+        artifact = "confusion_matrix.png"
+    tracking.log_metrics(run_id, metrics)
+    renamed = plot.with_name(artifact)
+    plot.rename(renamed)
+    tracking.configure().log_artifact(run_id, str(renamed), "evaluate")
+
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    get_run_logger().info(f"test split: {summary}")
+    url = mlflow_run_url(run_id)
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=(f"# {target['name']}: {target['task']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+                  f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]({url})\n"),
+        description="test metrics of this train-flow run",
+    )
+    return metrics

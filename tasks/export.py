@@ -1,0 +1,53 @@
+"""export: ONNX with a dynamic batch axis, checked against torch with ONNX Runtime on real test rows, logged as an
+MLflow model with signature and input example, and written as the self-contained model file."""
+import json
+from pathlib import Path
+
+import mlflow.onnx
+import numpy as np
+import onnx
+import torch
+from mlflow.models import infer_signature
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from models import load_network
+from serving.bundle import save_bundle
+from serving.export import export_onnx, parity
+from tasks import tracking
+from tasks.evaluate import serving_model
+from tasks.steps import Exported, Prepared, Trained
+
+EXAMPLE_ROWS = 5
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, run_info: dict,
+           metrics: dict) -> Exported:
+    logger = get_run_logger()
+    model, transform = serving_model(prepared, trained)
+    test_features = np.load(prepared.arrays)["test_features"]
+    output_name = "value" if transform.target["task"] == "regression" else "probabilities"
+    onnx_bytes = export_onnx(model, torch.from_numpy(test_features), output_name)
+    max_diff = parity(onnx_bytes, model, test_features, tolerance)
+    tracking.log_metrics(run_id, {"export_max_abs_diff": max_diff})
+    logger.info(f"ONNX export matches torch within {max_diff:.2e} on {len(test_features)} test rows")
+
+    _, saved = load_network(trained.network)
+    bundle = save_bundle(
+        Path(prepared.arrays).with_name("model.pth"), onnx_bytes=onnx_bytes,
+        data_type="tabular", task=transform.target["task"], preprocessing=transform.state,
+        network={k: saved[k] for k in ("model_config", "input_size", "output_size", "state_dict")},
+        metrics=metrics, run=run_info)
+    client = tracking.configure()
+    client.log_artifact(run_id, str(bundle), "model_file")
+
+    example = test_features[:EXAMPLE_ROWS]
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with tracking.active_run(run_id):
+        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model", signature=signature,
+                                     onnx_execution_providers=["CPUExecutionProvider"],
+                                     input_example=example, metadata={"feature_names": transform.feature_names,
+                                                                      "classes": transform.target["classes"]})
+    return Exported(bundle, info.model_uri, max_diff)

@@ -1,0 +1,44 @@
+"""Records the steps hand to each other: small, JSON-friendly, holding paths to the data on disk."""
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Snapshot:
+    path: Path
+    source: str
+    fingerprint: str
+    n_rows: int
+
+
+@dataclass
+class Validated:
+    path: Path
+    schema: dict
+
+
+@dataclass
+class Splits:
+    path: Path  # .npz of row positions per split
+    sizes: dict
+
+
+@dataclass
+class Prepared:
+    arrays: Path  # .npz: {train,val,test}_{features,targets}
+    state_path: Path  # preprocessing state (JSON)
+    test_frame: Path  # raw test rows, for the model's input example
+
+
+@dataclass
+class Trained:
+    network: Path
+    epochs: int
+    device: str
+
+
+@dataclass
+class Exported:
+    bundle: Path
+    model_uri: str
+    max_abs_diff: float

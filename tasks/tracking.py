@@ -1,0 +1,96 @@
+"""MLflow plumbing shared by the flow and its tasks: where the store is, and logging to one run by id.
+
+Tasks log through MlflowClient with an explicit run id rather than the fluent API's thread-local active run, so
+logging works the same whether Prefect runs a task inline or in a worker thread.
+"""
+import contextlib
+import functools
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_STORE = REPO / "mlflow"
+MAX_PARAM_LENGTH = 6000
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the SQLite store under the repo's mlflow/ folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    """Artifacts sit beside a local SQLite database; a remote server decides for itself."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(urlparse(uri).path).parent / "artifacts").resolve().as_uri()
+    return ""
+
+
+def configure() -> MlflowClient:
+    """Point the fluent API at the store and return a client for it."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return _client(uri)
+
+
+@functools.cache
+def _client(uri: str) -> MlflowClient:
+    if uri.startswith("sqlite:///"):
+        Path(urlparse(uri).path).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(uri, uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = artifact_root()
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def flat(prefix: str, values: dict) -> dict:
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}: step-prefixed names that compare across runs in the UI."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else key
+        out.update(flat(name, value) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def log_params(run_id: str, prefix: str, values: dict) -> None:
+    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(prefix, values).items()]
+    configure().log_batch(run_id, params=params)
+
+
+def log_metrics(run_id: str, values: dict, step: int = 0, synchronous: bool = True):
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+    return configure().log_batch(run_id, metrics=metrics, synchronous=synchronous)
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    client = configure()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+@contextlib.contextmanager
+def active_run(run_id: str):
+    """The fluent API's active run for `run_id`, for the few calls that need one (log_model).
+
+    Tasks run inline in the flow's thread, where the flow's run is already active. If Prefect runs a task in
+    another thread, the run is attached there; leaving it marks it FINISHED for a moment, until the flow sets
+    the final status."""
+    run = mlflow.active_run()
+    if run is not None and run.info.run_id == run_id:
+        yield run
+        return
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run

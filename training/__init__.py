@@ -1,0 +1,1 @@
+"""Trainer loop, callbacks, optimizer/scheduler factories, evaluation. Imports neither prefect nor mlflow."""

@@ -1,0 +1,15 @@
+"""Device selection from gpu_id."""
+import torch
+
+
+def select_device(gpu_id: int) -> tuple[torch.device, str | None]:
+    """The device to train on, and a warning when the requested GPU is not available."""
+    if gpu_id < 0:
+        return torch.device("cpu"), None
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), f"gpu_id {gpu_id} was requested but CUDA is not available; training on the CPU"
+    count = torch.cuda.device_count()
+    if gpu_id >= count:
+        return torch.device("cpu"), (f"gpu_id {gpu_id} was requested but only {count} CUDA device(s) exist "
+                                     "(cuda:0..); training on the CPU")
+    return torch.device(f"cuda:{gpu_id}"), None
