@@ -32,7 +32,11 @@ from tasks.train import train as train_task  # noqa: E402
 from tasks.validate import validate as validate_task  # noqa: E402
 from training.config import TrainerConfig  # noqa: E402
 
-WORK_ROOT = Path(os.environ.get("TORCHYARD_WORK_DIR", tracking.REPO / ".torchyard" / "work"))
+
+
+def work_root() -> Path:
+    """Per-flow-run scratch space (snapshots, arrays, checkpoints): TORCHYARD_WORK_DIR or .torchyard/work."""
+    return Path(os.environ.get("TORCHYARD_WORK_DIR", tracking.REPO / ".torchyard" / "work"))
 
 
 @flow(name="train-flow")
@@ -51,7 +55,7 @@ def train_flow(
                        experiment=experiment, seed=seed, model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
-    work_dir = WORK_ROOT / run_key
+    work_dir = work_root() / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
     client = tracking.configure()
     experiment_id = tracking.ensure_experiment(client, config.experiment_name)

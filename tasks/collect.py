@@ -1,4 +1,5 @@
 """collect: read the source, write a Parquet snapshot and its fingerprint, log the dataset to MLflow."""
+import warnings
 from pathlib import Path
 
 import mlflow.data
@@ -49,8 +50,11 @@ def collect(config: DataConfig, run_id: str, work_dir: Path) -> Snapshot:
     frame.to_parquet(path, index=False)
     logger.info(f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source} (fingerprint {digest})")
 
-    dataset = mlflow.data.from_pandas(frame, source=_dataset_source(config.source), name=dataset_name(config.source),
-                                      targets=config.target if config.target in frame.columns else None)
+    with warnings.catch_warnings():  # MLflow's hints about source ambiguity and integer schemas do not apply here
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=_dataset_source(config.source),
+                                          name=dataset_name(config.source),
+                                          targets=config.target if config.target in frame.columns else None)
     client = tracking.configure()
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                      tags=[InputTag("mlflow.data.context", "training")])])

@@ -1,0 +1,54 @@
+"""Classic CLI: predictions from a model file, without Prefect or the MLflow store.
+
+    python predict.py --model_fn m.pth --input rows.csv                 # CSV to stdout
+    python predict.py --model_fn m.pth --input test.csv --output preds.csv
+"""
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Predict with a torchyard model file on ONNX Runtime.")
+    p.add_argument("--model_fn", required=True, help="model file written by train.py --model_fn (.pth)")
+    p.add_argument("--input", required=True, help="rows to predict: CSV/Parquet/JSON-lines path or URL")
+    p.add_argument("--output", help="write here (.csv, .parquet or .jsonl); default: CSV on stdout")
+    p.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "json"], help="input format")
+    return p.parse_args(argv)
+
+
+def write(frame, output: str | None) -> None:
+    if output is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    elif path.suffix in (".jsonl", ".json", ".ndjson"):
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def main(argv=None) -> int:
+    from preprocessing.errors import TorchyardError
+    from preprocessing.sources import read_table
+    from serving.inference import Predictor
+
+    args = parse_args(argv)
+    try:
+        predictor = Predictor.load(args.model_fn)
+        rows = read_table(args.input, args.format)
+        predictions = predictor.predict(rows, args.input)
+    except TorchyardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write(predictions, args.output)
+    if args.output:
+        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

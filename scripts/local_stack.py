@@ -1,0 +1,188 @@
+"""The embedded local stack: a Prefect server on SQLite and a process worker, started in the background, with
+train-flow deployed from prefect.yaml. Used by `make demo`/`make stop` and by the end-to-end test.
+
+    python scripts/local_stack.py demo [DEPLOYMENT]   # up + deploy + run DEPLOYMENT (default wine-classifier) --watch
+    python scripts/local_stack.py up                  # server + worker + deploy, leave them running
+    python scripts/local_stack.py down                # stop the worker, then the server
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".torchyard" / "stack"
+POOL = "torchyard-process"
+DEFAULT_PORT = int(os.environ.get("TORCHYARD_PREFECT_PORT", "4200"))
+
+
+def stack_env(port: int, home: Path, mlflow_uri: str | None = None) -> dict:
+    """Environment for every prefect command and the worker (whose flow runs inherit it)."""
+    env = dict(os.environ)
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "TORCHYARD_HOME": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if mlflow_uri:
+        env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    return env
+
+
+def prefect(*args: str, env: dict, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "prefect", "--no-prompt", *args]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"`prefect {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_background(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:  # its own session: it outlives `make demo`, and stop() signals the whole group
+        return subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_server(env: dict, port: int, log: Path, timeout: float = 90) -> subprocess.Popen:
+    process = start_background([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                "--port", str(port)], env, log)
+    deadline = time.monotonic() + timeout
+    while not healthy(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"the Prefect server did not become healthy on port {port}; see {log}")
+        time.sleep(0.5)
+    return process
+
+
+def deploy(env: dict) -> None:
+    if prefect("work-pool", "inspect", POOL, env=env, check=False).returncode != 0:
+        prefect("work-pool", "create", POOL, "--type", "process", env=env)
+    prefect("deploy", "--all", env=env)
+
+
+def start_worker(env: dict, log: Path) -> subprocess.Popen:
+    return start_background([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
+                             "process"], env, log)
+
+
+def stop(process_or_pid, timeout: float = 15) -> None:
+    """SIGTERM the process group, then SIGKILL it after `timeout` (a worker whose server is gone ignores TERM)."""
+    pid = process_or_pid if isinstance(process_or_pid, int) else process_or_pid.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid, process_or_pid):
+                return
+            time.sleep(0.2)
+
+
+def _alive(pid: int, process_or_pid) -> bool:
+    if isinstance(process_or_pid, subprocess.Popen):
+        return process_or_pid.poll() is None
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def up(port: int) -> dict:
+    env = stack_env(port, STATE / "prefect")
+    if not healthy(port):
+        server = start_server(env, port, STATE / "server.log")
+        (STATE / "server.pid").write_text(str(server.pid))
+        print(f"Prefect server started on http://127.0.0.1:{port} (log: {STATE / 'server.log'})")
+    deploy(env)
+    if not _pid_alive(STATE / "worker.pid"):
+        worker = start_worker(env, STATE / "worker.log")
+        (STATE / "worker.pid").write_text(str(worker.pid))
+        print(f"worker started on pool '{POOL}' (log: {STATE / 'worker.log'})")
+    return env
+
+
+def _pid_alive(pid_file: Path) -> bool:
+    return pid_file.exists() and _alive(int(pid_file.read_text()), int(pid_file.read_text()))
+
+
+def down() -> None:
+    for name in ("worker", "server"):  # the worker first: it can hang once its server is gone
+        pid_file = STATE / f"{name}.pid"
+        if pid_file.exists():
+            stop(int(pid_file.read_text()))
+            pid_file.unlink()
+            print(f"stopped the {name}")
+
+
+def demo(port: int, deployment: str) -> int:
+    env = up(port)
+    print(f"running train-flow/{deployment} ...", flush=True)
+    watch = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", f"train-flow/{deployment}",
+                            "--watch"], env=env, cwd=REPO)
+    print()
+    print(f"Prefect UI:  http://127.0.0.1:{port}/runs  (flow runs, task runs, the train-summary artifact)")
+    print("MLflow UI:   make mlflow-ui, then http://127.0.0.1:5000  (store: mlflow/)")
+    print(latest_model_summary(env) or "Registered:  none (see the flow run's logs in the Prefect UI)")
+    print("Stop the stack: make stop")
+    return watch.returncode
+
+
+_SUMMARY = """
+from urllib.parse import urlparse
+from tasks import tracking
+client = tracking.configure()
+version = max(client.search_model_versions(), key=lambda m: m.creation_timestamp, default=None)
+if version:
+    run = client.get_run(version.run_id)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.data.metrics.items()) if k.startswith("test_"))
+    model_file = urlparse(run.info.artifact_uri).path + "/model_file/model.pth"
+    print(f"Registered:  models:/{version.name}/{version.version} (run {version.run_id})")
+    print(f"Test split:  {metrics}")
+    print(f"Predict:     python predict.py --model_fn {model_file} --input rows.csv")
+"""
+
+
+def latest_model_summary(env: dict) -> str:
+    """The newest registered version, its test metrics and its model file, read from the MLflow store."""
+    result = subprocess.run([sys.executable, "-c", _SUMMARY], env=env, cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "demo"])
+    parser.add_argument("deployment", nargs="?", default="wine-classifier")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args()
+    if args.command == "down":
+        down()
+        return 0
+    if args.command == "up":
+        up(args.port)
+        return 0
+    return demo(args.port, args.deployment)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

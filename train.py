@@ -1,0 +1,129 @@
+"""Classic CLI: flags -> one typed config -> the same train-flow that deployments run, in-process.
+
+    python train.py --model_fn tmp.pth --gpu_id -1 --batch_size 256 --n_epochs 20 --n_layers 5
+    python train.py --data iris.csv --target species --model_fn m.pth --n_epochs 30 --scheduler CosineAnnealingLR
+    python train.py --config configs/wine.yaml --model_fn m.pth
+"""
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# flag -> (section, field); a flag left out keeps the config file's value or the default
+FLAGS = {
+    "data": ("data", "source"), "target": ("data", "target"), "task": ("data", "task"),
+    "format": ("data", "format"),
+    "n_layers": ("model", "n_layers"), "hidden_size": ("model", "hidden_size"),
+    "activation": ("model", "activation"), "dropout": ("model", "dropout"),
+    "n_epochs": ("train", "n_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "optimizer": ("train", "optimizer"), "gpu_id": ("train", "gpu_id"),
+    "scheduler": ("train.scheduler", "name"), "patience": ("train.early_stopping", "patience"),
+    "scaler": ("preprocess", "scaler"), "missing": ("preprocess", "missing"),
+    "model_name": ("export", "model_name"),
+    "experiment": (None, "experiment"), "seed": (None, "seed"), "model_fn": (None, "model_fn"),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a model through train-flow (Prefect) with MLflow tracking.")
+    p.add_argument("--config", help="YAML file with sections data, split, preprocess, model, train, export")
+    p.add_argument("--model_fn", help="where to write the model file (.pth; the .onnx goes beside it)")
+    p.add_argument("--data", help="path, http(s)/file URL or sklearn:wine|breast_cancer|diabetes|iris")
+    p.add_argument("--target", help="target column")
+    p.add_argument("--task", choices=["auto", "classification", "regression"])
+    p.add_argument("--format", choices=["auto", "csv", "parquet", "json"])
+    p.add_argument("--gpu_id", type=int, help="-1 for CPU, N for cuda:N")
+    p.add_argument("--batch_size", type=int)
+    p.add_argument("--n_epochs", type=int)
+    p.add_argument("--n_layers", type=int, help="linear layers in all (hidden blocks + output)")
+    p.add_argument("--hidden_size", type=int)
+    p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu", "leaky_relu"])
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--scheduler", help="none, LambdaLR, StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, "
+                                       "ReduceLROnPlateau")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--scaler", choices=["standard", "minmax", "robust", "none"])
+    p.add_argument("--missing", choices=["impute", "drop_rows", "drop_columns"])
+    p.add_argument("--model_name", help="registered model name")
+    p.add_argument("--experiment", help="MLflow experiment name")
+    p.add_argument("--seed", type=int)
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    from flows.config import RunConfig, load_config_file
+
+    values = load_config_file(args.config) if args.config else {}
+    for flag, (section, field) in FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        node = values
+        for key in (section.split(".") if section else []):
+            node = node.setdefault(key, {})
+        node[field] = value
+    return RunConfig(**values)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs every task failure with its traceback; for bad input the one-sentence reason is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from preprocessing.errors import user_facing
+
+        if record.exc_info and record.exc_info[1] is not None and user_facing(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_errors() -> None:
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")]
+    for logger in [logging.getLogger(), *loggers]:
+        for handler in logger.handlers:
+            handler.addFilter(_NoTracebackForUserErrors())
+
+
+def main(argv=None) -> int:
+    from pydantic import ValidationError
+
+    from preprocessing.errors import user_facing
+
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ValidationError as exc:
+        print(f"error: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if user_facing(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+    from flows.train_flow import train_flow
+
+    quiet_user_errors()
+    try:
+        result = train_flow(**config.flow_parameters())
+    except Exception as exc:
+        reason = user_facing(exc)
+        if reason is None:
+            raise
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    print(f"done: {metrics}")
+    if result["model_file"]:
+        print(f"model file: {result['model_file']}")
+    if result["model_version"]:
+        print(f"registered: models:/{result['model_name']}/{result['model_version']}")
+    print(f"MLflow run: {result['run_id']} (make mlflow-ui, then http://127.0.0.1:5000)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
