@@ -122,14 +122,13 @@ def _parse(name: str, raw: bytes, fmt: str) -> pd.DataFrame:
 
 
 def _parse_json(name: str, text: str) -> pd.DataFrame:
+    """JSON lines (one object per line), or one JSON array of objects."""
+    array = text.lstrip().startswith("[")
     try:
-        return pd.read_json(io.StringIO(text), lines=True)
-    except ValueError:
-        pass
-    try:
-        return pd.read_json(io.StringIO(text), orient="records")
+        return pd.read_json(io.StringIO(text), orient="records", lines=not array)
     except ValueError as exc:
-        raise DataError(f"{name} could not be parsed as JSON lines or a JSON array of records: {exc}") from exc
+        kind = "a JSON array of records" if array else "JSON lines (one object per line)"
+        raise DataError(f"{name} could not be parsed as {kind}: {exc}") from exc
 
 
 def dataset_name(source: str) -> str:

@@ -127,11 +127,11 @@ def _decide_task(target: pd.Series, requested: str) -> str:
 def _check_classes(target: pd.Series, column: str, name: str) -> list:
     counts = target.value_counts()
     if len(counts) < 2:
-        raise DataError(f"target '{column}' in {name} has a single class {counts.index[0]!r}; "
+        raise DataError(f"target '{column}' in {name} has a single class {sorted_classes(counts.index)[0]!r}; "
                         "classification needs at least two")
     small = counts[counts < MIN_ROWS_PER_CLASS]
     if len(small):
-        label, count = small.index[0], int(small.iloc[0])
+        label, count = sorted_classes(small.index[:1])[0], int(small.iloc[0])
         raise DataError(f"class {label!r} of target '{column}' in {name} has only {count} row(s); a stratified "
                         f"train/val/test split needs at least {MIN_ROWS_PER_CLASS} rows per class")
     return sorted_classes(counts.index)

@@ -1,0 +1,47 @@
+"""Shared fixtures. Every test session gets its own MLflow store, Prefect database and work folder, so tests never
+touch the repo's mlflow/ or .torchyard/ and can run in parallel with a demo."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="torchyard-tests-"))
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
+os.environ["TORCHYARD_WORK_DIR"] = str(_SESSION_DIR / "work")
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (SQLite) for flow tests, started once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_client():
+    from tasks import tracking
+
+    return tracking.configure()
+
+
+@pytest.fixture
+def wine_frame():
+    from preprocessing.sources import load_sample
+
+    return load_sample("wine")
+
+
+@pytest.fixture(scope="session")
+def fast_train():
+    """Trainer settings small enough for tests; still enough to learn the bundled samples."""
+    from training.config import TrainerConfig
+
+    return TrainerConfig(n_epochs=6, batch_size=32, lr=0.01)

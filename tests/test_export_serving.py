@@ -1,0 +1,92 @@
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score, r2_score, roc_auc_score
+
+from models import build_model
+from models.config import ModelConfig
+from serving.bundle import ModelFileError, load_bundle, save_bundle
+from serving.export import ExportError, export_onnx, parity
+from training import evaluation
+from training.objectives import ServingModel, make_objective
+
+
+def serving(task="classification", classes=3, inputs=6):
+    torch.manual_seed(0)
+    objective = make_objective(task, classes)
+    net = build_model(ModelConfig(n_layers=3, hidden_size=8), inputs, objective.output_size)
+    net.eval()
+    return ServingModel(net, objective, 5.0, 2.0).eval()
+
+
+@pytest.mark.parametrize("task,classes", [("classification", 3), ("classification", 2), ("regression", 0)])
+def test_onnx_export_has_a_dynamic_batch_and_matches_torch(task, classes):
+    model = serving(task, classes)
+    features = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    onnx_bytes = export_onnx(model, torch.from_numpy(features), "out")
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    for batch in (1, 7, 40):
+        (out,) = session.run(None, {"features": features[:batch]})
+        expected = model(torch.from_numpy(features[:batch])).detach().numpy()
+        assert out.shape == expected.shape and np.allclose(out, expected, atol=1e-5)
+    assert parity(onnx_bytes, model, features, tolerance=1e-4) < 1e-4
+
+
+def test_parity_failure_is_an_export_error():
+    model = serving()
+    features = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
+    onnx_bytes = export_onnx(model, torch.from_numpy(features), "out")
+    with torch.no_grad():
+        model.network.head.bias[0] += 3.0  # the torch model drifts from what was exported
+    with pytest.raises(ExportError, match="differs from the torch model by up to"):
+        parity(onnx_bytes, model, features, tolerance=1e-4)
+
+
+def test_bundle_loads_without_unpickling_code(tmp_path):
+    path = save_bundle(tmp_path / "m.pth", onnx_bytes=b"\x08\x01onnx", preprocessing={"a": [1, 2.5, "x"]},
+                       network={"state_dict": {"w": torch.ones(2)}})
+    assert path.with_suffix(".onnx").read_bytes() == b"\x08\x01onnx"
+    raw = torch.load(path, weights_only=True)  # would raise if anything but plain data had been saved
+    assert raw["format"] == "torchyard.model/1"
+    bundle = load_bundle(path)
+    assert bundle["onnx"] == b"\x08\x01onnx" and bundle["preprocessing"] == {"a": [1, 2.5, "x"]}
+
+
+def test_bundle_errors(tmp_path):
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_bundle(tmp_path / "none.pth")
+    torch.save({"state_dict": {}}, tmp_path / "plain.pth")
+    with pytest.raises(ModelFileError, match="not a torchyard model file"):
+        load_bundle(tmp_path / "plain.pth")
+    (tmp_path / "junk.pth").write_text("hello")
+    with pytest.raises(ModelFileError, match="not a torchyard model file"):
+        load_bundle(tmp_path / "junk.pth")
+
+
+def test_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(200, 3))), 1).float()
+    truth = torch.from_numpy(rng.integers(0, 3, 200))
+    m = evaluation.test_metrics("classification", probs, truth)
+    predicted = probs.argmax(1).numpy()
+    assert m["test_accuracy"] == pytest.approx((predicted == truth.numpy()).mean())
+    assert m["test_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"), abs=1e-6)
+    assert evaluation.confusion_matrix(probs, truth).sum() == 200
+
+    p1 = torch.from_numpy(rng.uniform(size=200)).float()
+    binary = evaluation.test_metrics("classification", torch.stack([1 - p1, p1], 1), truth % 2)
+    assert binary["test_auroc"] == pytest.approx(roc_auc_score((truth % 2).numpy(), p1.numpy()), abs=1e-6)
+
+    values, target = torch.from_numpy(rng.normal(size=(100, 1))), torch.from_numpy(rng.normal(size=100))
+    reg = evaluation.test_metrics("regression", values, target)
+    assert reg["test_r2"] == pytest.approx(r2_score(target, values[:, 0]), abs=1e-9)
+    assert set(reg) == {"test_mse", "test_mae", "test_r2"}
+
+
+def test_plots_are_written(tmp_path):
+    evaluation.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "cm.png")
+    evaluation.plot_predicted_vs_true(np.arange(5.0), np.arange(5.0) + 1, tmp_path / "pv.png")
+    for name in ("cm.png", "pv.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
