@@ -67,7 +67,9 @@ def train_flow(
         run_id = run.info.run_id
         logger.info(f"MLflow run {run_id} in experiment '{config.experiment_name}' ({tracking.tracking_uri()})")
         try:
-            snapshot = collect_task(config.data, run_id, work_dir)
+            collect = collect_task.with_options(retries=config.data.read_retries,
+                                                retry_delay_seconds=config.data.retry_delay_seconds)
+            snapshot = collect(config.data, run_id, work_dir)
             validated = validate_task(snapshot, config.data, run_id)
             splits = split_task(validated, config.split, config.seed, run_id)
             prepared = preprocess_task(validated, splits, config.preprocess, run_id)
