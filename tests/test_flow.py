@@ -55,9 +55,13 @@ def test_classification_run_is_recorded_registered_and_predictable(fast_train, m
 
     version = mlflow_client.get_model_version(name, result["model_version"])
     assert version.run_id == run.info.run_id and "test_accuracy" in version.description
+    import mlflow.models
     import mlflow.onnx
     import onnxruntime as ort
 
+    info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 13]
+    assert info.saved_input_example_info is not None
     onnx_model = mlflow.onnx.load_model(f"models:/{name}/{version.version}")
     session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -69,6 +73,20 @@ def test_classification_run_is_recorded_registered_and_predictable(fast_train, m
     (registered,) = session.run(None, {"features": features})
     assert np.allclose(predictions[[f"proba_class_{i}" for i in range(3)]].to_numpy(), registered, atol=1e-6)
     assert (predictions["prediction"] == rows["target"]).mean() > 0.8
+
+
+def test_prefect_artifact_links_to_the_mlflow_run(fast_train, mlflow_client):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = run_flow(fast_train, export=ExportConfig(register_model=False))
+    run = mlflow_run(mlflow_client, state)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    (summary,) = [a for a in artifacts if a.key == "train-summary"]
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in summary.data
+    assert "test_accuracy" in summary.data
 
 
 def test_regression_run(fast_train, mlflow_client):
