@@ -85,7 +85,7 @@ def main() -> None:
     frame = synthetic(args.rows, args.features)
     source = SCRATCH / "synthetic.parquet"
     frame.to_parquet(source, index=False)
-    model_config = ModelConfig()
+    model_config = ModelConfig(type="mlp")
     # patience above the epoch count: both sides run every epoch
     config = TrainerConfig(n_epochs=args.epochs, batch_size=256,
                            early_stopping=EarlyStoppingConfig(patience=args.epochs + 1))

@@ -6,10 +6,10 @@ The flow takes the sections as separate parameters so that a deployment run can 
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.config import ModelConfig
-from preprocessing.config import DataConfig, SplitConfig, TabularConfig
+from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig
 from preprocessing.errors import TorchyardError
 from preprocessing.sources import dataset_name
 from training.config import TrainerConfig
@@ -33,12 +33,23 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     preprocess: TabularConfig = Field(default_factory=TabularConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainerConfig = Field(default_factory=TrainerConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     experiment: str | None = Field(None, description="MLflow experiment; default: the dataset's name.")
     seed: int = 42
     model_fn: str | None = Field(None, description="Also write the model file here (plus .onnx beside it).")
+
+    @model_validator(mode="after")
+    def _model_fits_data(self):
+        self.model = self.model.resolved(self.data.data_type)
+        wanted = "cnn" if self.data.data_type == "image" else "mlp"
+        if self.model.type != wanted and not self.model.pretrained:
+            raise ValueError(f"model.type {self.model.type} cannot take {self.data.data_type} data; use {wanted}")
+        if self.data.data_type == "image" and self.data.task == "regression":
+            raise ValueError("image data supports classification only (data.task)")
+        return self
 
     @property
     def dataset(self) -> str:

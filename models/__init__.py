@@ -2,15 +2,34 @@
 import torch
 from torch import nn
 
+from models.cnn import CNN
 from models.config import ModelConfig
 from models.mlp import MLP
 
 
 def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Module:
+    """input_size: features for an MLP, image channels for a CNN."""
     if config.type == "mlp":
         return MLP(input_size, output_size, n_layers=config.n_layers, hidden_size=config.hidden_size,
                    activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout)
-    raise ValueError(f"unknown model type {config.type!r}")
+    if config.type == "cnn":
+        return CNN(input_size, output_size, config.channels(), kernel_size=config.kernel_size, stride=config.stride,
+                   padding=config.padding, pool=config.pool, activation=config.activation,
+                   batch_norm=config.batch_norm, hidden_size=config.hidden_size, dropout=config.dropout)
+    raise ValueError(f"model type {config.type!r} must be resolved (ModelConfig.resolved) before building")
+
+
+def transfer(saved: dict, output_size: int, freeze_features: bool) -> tuple[nn.Module, ModelConfig]:
+    """A network with the architecture and feature weights of a saved one (a model file's 'network' entry) and a
+    fresh head for `output_size` outputs."""
+    config = ModelConfig(**saved["model_config"])
+    network = build_model(config, saved["input_size"], output_size)
+    features = {k: v for k, v in saved["state_dict"].items() if k.startswith("features.")}
+    network.load_state_dict(features, strict=False)
+    if freeze_features:
+        for parameter in network.features.parameters():
+            parameter.requires_grad_(False)
+    return network, config
 
 
 def save_network(path, config: ModelConfig, input_size: int, output_size: int, network: nn.Module) -> None:

@@ -12,14 +12,15 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: str = Field(
         "sklearn:wine",
-        description="Local path, http(s):// or file:// URL of a CSV/Parquet/JSON-lines file, "
-        "or a bundled sample: sklearn:wine, sklearn:breast_cancer, sklearn:diabetes, sklearn:iris.",
+        description="Local path, http(s):// or file:// URL of a CSV/Parquet/JSON-lines file, or a bundled sample: "
+        "sklearn:wine, sklearn:breast_cancer, sklearn:diabetes, sklearn:iris. Images: a folder with one sub-folder "
+        "per class, a CSV/Parquet manifest (path and label columns), a .zip/.tar.gz of either, or sklearn:digits.",
     )
-    data_type: Literal["tabular"] = "tabular"
+    data_type: Literal["tabular", "image"] = "tabular"
     format: Literal["auto", "csv", "parquet", "json"] = Field(
         "auto", description="File format; auto guesses from the file name and falls back to CSV."
     )
-    target: str | None = Field(None, description="Target column; bundled samples default to 'target'.")
+    target: str | None = Field(None, description="Target column; default 'target' (tables), 'label' (image manifests).")
     task: Literal["auto", "classification", "regression"] = Field(
         "auto",
         description="auto: classification for text/bool targets and integer targets with few distinct values.",
@@ -28,6 +29,9 @@ class DataConfig(_Section):
     ignore: list[str] = Field(default_factory=list, description="Columns to leave out (ids, timestamps...).")
     read_retries: int = Field(3, ge=0, description="Retries for transient errors reading a URL.")
     retry_delay_seconds: float = Field(2.0, ge=0)
+
+    def target_column(self) -> str:
+        return self.target or ("label" if self.data_type == "image" else "target")
 
 
 class SplitConfig(_Section):
@@ -62,3 +66,33 @@ class TabularConfig(_Section):
     )
     max_categories: int = Field(50, ge=1, description="Most frequent categories kept per column; the rest are unknown.")
     scale_target: bool = Field(True, description="Standardise a regression target for training; predictions are unscaled.")
+
+
+class ImageConfig(_Section):
+    """Image preprocessing (data.data_type: image). Albumentations transforms are declared as
+    {name: <albumentations class>, <argument>: <value>, ...}."""
+
+    image_size: int = Field(32, ge=4, description="Side of the square the model sees (train crop, eval center crop).")
+    resize: int | None = Field(None, ge=4, description="Images are decoded once, resized so the shorter side is "
+                               "this, center-cropped square and cached; default image_size * 8/7.")
+    channels: Literal[1, 3] = Field(3, description="1: grayscale, 3: RGB. Other modes are converted (alpha "
+                                    "composited onto white, 16-bit scaled to 8-bit).")
+    augment: list[dict] | None = Field(None, description="Train-time albumentations transforms; default: "
+                                       "RandomCrop to image_size and HorizontalFlip(p=0.5).")
+    mean: list[float] | None = Field(None, description="Per-channel normalisation mean (0..1 scale); default: "
+                                     "computed on the train split.")
+    std: list[float] | None = None
+    local_contrast: bool = Field(False, description="Per-image local contrast normalisation (for lighting changes).")
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="Fail when more files than this are unreadable.")
+    path_column: str = Field("path", description="Manifest column with image paths (relative to the manifest).")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes for augmentation (0: in the trainer).")
+
+    @property
+    def cache_size(self) -> int:
+        return self.resize or max(self.image_size, round(self.image_size * 8 / 7))
+
+    def augmentations(self) -> list[dict]:
+        if self.augment is not None:
+            return self.augment
+        return [{"name": "RandomCrop", "height": self.image_size, "width": self.image_size, "pad_if_needed": True},
+                {"name": "HorizontalFlip", "p": 0.5}]

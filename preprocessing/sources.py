@@ -37,7 +37,7 @@ def read_table(source: str, fmt: str = "auto", timeout: float = 30.0) -> pd.Data
     if source.startswith(SAMPLE_PREFIX):
         return load_sample(source[len(SAMPLE_PREFIX):])
     name = source
-    raw = _fetch(source, timeout) if is_url(source) and urlparse(source).scheme != "file" else _read_local(source)
+    raw = fetch(source, timeout) if is_url(source) and urlparse(source).scheme != "file" else _read_local(source)
     if not raw:
         raise DataError(f"{name} is empty (0 bytes); expected a CSV, Parquet or JSON-lines table")
     fmt = _guess_format(name, raw) if fmt == "auto" else fmt
@@ -76,7 +76,8 @@ def _read_local(source: str) -> bytes:
         raise DataError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
-def _fetch(url: str, timeout: float) -> bytes:
+def fetch(url: str, timeout: float) -> bytes:
+    """Download `url`; TransientReadError for failures worth retrying, DataError for the rest."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()

@@ -34,6 +34,7 @@ def fit(train: pd.DataFrame, schema: TableSchema, config: TabularConfig) -> dict
             raise DataError("missing=drop_rows leaves no training rows: every row has a null feature; "
                             "use missing=impute or drop_columns")
     state = {
+        "data_type": "tabular",
         "config": config.model_dump(),
         "numeric": [_fit_numeric(rows[c], c, config) for c in numeric],
         "categorical": [_fit_categorical(rows[c], c, config) for c in categorical],

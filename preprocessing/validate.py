@@ -38,7 +38,7 @@ class TableSchema:
 def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[pd.DataFrame, TableSchema]:
     """Return the rows usable for training (null targets dropped) and the schema, or raise DataError."""
     notes: list[str] = []
-    target = config.target or "target"
+    target = config.target_column()
     if target not in frame.columns:
         hint = "" if config.target else " (no target given; pass --target NAME)"
         raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(frame.columns)}")
@@ -53,7 +53,7 @@ def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[
     task = _decide_task(frame[target], config.task)
     classes: list = []
     if task == "classification":
-        classes = _check_classes(frame[target], target, name)
+        classes = check_classes(frame[target], target, name)
     else:
         frame = frame.assign(**{target: _numeric_target(frame[target], target, name)})
         if len(frame) < MIN_ROWS_PER_CLASS:
@@ -124,7 +124,7 @@ def _decide_task(target: pd.Series, requested: str) -> str:
     return "classification" if integral and target.nunique() <= MAX_CLASSES_FOR_INTEGER_TARGET else "regression"
 
 
-def _check_classes(target: pd.Series, column: str, name: str) -> list:
+def check_classes(target: pd.Series, column: str, name: str) -> list:
     counts = target.value_counts()
     if len(counts) < 2:
         raise DataError(f"target '{column}' in {name} has a single class {sorted_classes(counts.index)[0]!r}; "

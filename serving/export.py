@@ -9,21 +9,21 @@ import torch
 
 from preprocessing.errors import TorchyardError
 
-INPUT_NAME = "features"
+INPUT_NAMES = {"tabular": "features", "image": "images"}  # float32 [batch, n_features] / [batch, C, H, W]
 
 
 class ExportError(TorchyardError):
     """The exported model does not reproduce the torch model."""
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, output_name: str) -> bytes:
-    """Serialised ONNX model taking float32 [batch, n_features] and returning `output_name`."""
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, output_name: str, input_name: str = "features") -> bytes:
+    """Serialised ONNX model taking float32 `input_name` with a dynamic batch axis, returning `output_name`."""
     model = model.eval().cpu()
     example = example[: max(2, min(len(example), 8))].float().cpu()  # batch >= 2: a size-1 axis is specialised
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=[INPUT_NAME],
+        program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=[input_name],
                                     output_names=[output_name], verbose=False)
     buffer = io.BytesIO()
     program.save(buffer)
@@ -33,7 +33,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, output_name: str)
 def parity(onnx_bytes: bytes, model: torch.nn.Module, features: np.ndarray, tolerance: float) -> float:
     """Max |ONNX Runtime - torch| over `features`; ExportError above `tolerance`."""
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {INPUT_NAME: features.astype(np.float32)})
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: features.astype(np.float32)})
     with torch.no_grad():
         torch_out = model.eval().cpu()(torch.from_numpy(features.astype(np.float32))).numpy()
     diff = float(np.max(np.abs(onnx_out - torch_out))) if onnx_out.size else 0.0

@@ -1,4 +1,4 @@
-"""Inference on ONNX Runtime from a model file: raw rows in, labels and probabilities out.
+"""Inference on ONNX Runtime from a model file: raw rows or image files in, labels and probabilities out.
 
 predict.py and the REST API both go through Predictor, so there is one inference path to test.
 """
@@ -8,18 +8,21 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from preprocessing.image import ImageTransform
 from preprocessing.tabular import TabularTransform
 from serving.bundle import load_bundle
-from serving.export import INPUT_NAME
 
 
 class Predictor:
     def __init__(self, bundle: dict):
         self.bundle = bundle
-        self.transform = TabularTransform(bundle["preprocessing"])
+        self.data_type = bundle.get("data_type", "tabular")
+        state = bundle["preprocessing"]
+        self.transform = ImageTransform(state) if self.data_type == "image" else TabularTransform(state)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(bundle["onnx"], options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
@@ -29,17 +32,28 @@ class Predictor:
     def classes(self) -> list:
         return self.transform.target["classes"]
 
-    def outputs(self, features: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {INPUT_NAME: features})
+    def outputs(self, inputs: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input_name: inputs})
         return out
 
     def predict(self, frame: pd.DataFrame, name: str = "input") -> pd.DataFrame:
-        """One row per input row, in input order: `prediction` (original label or value) and, for
+        """Tables: one row per input row, in input order: `prediction` (original label or value) and, for
         classification, `proba_<class>` per class. The target column, if present, is ignored."""
         if len(frame) == 0:
             return pd.DataFrame({"prediction": []})
-        labels, probabilities = self.transform.decode_predictions(self.outputs(self.transform.features(frame, name)))
-        result = pd.DataFrame({"prediction": labels}, index=frame.index)
+        return self._table(self.outputs(self.transform.features(frame, name)), frame.index)
+
+    def predict_images(self, paths: list[str], batch_size: int = 256) -> pd.DataFrame:
+        """Images: one row per file, in the given order: `path`, `prediction`, `proba_<class>`..."""
+        outputs = [self.outputs(self.transform.features(paths[i:i + batch_size]))
+                   for i in range(0, len(paths), batch_size)]
+        table = self._table(np.concatenate(outputs), pd.RangeIndex(len(paths)))
+        table.insert(0, "path", paths)
+        return table
+
+    def _table(self, outputs: np.ndarray, index) -> pd.DataFrame:
+        labels, probabilities = self.transform.decode_predictions(outputs)
+        result = pd.DataFrame({"prediction": labels}, index=index)
         if probabilities is not None:
             for j, label in enumerate(self.classes):
                 result[f"proba_{label}"] = probabilities[:, j].astype(np.float64)

@@ -1,16 +1,19 @@
-"""collect: read the source, write a Parquet snapshot and its fingerprint, log the dataset to MLflow."""
+"""collect: read the source (for images: find the files, unpacking archives), write a Parquet snapshot and its
+fingerprint, log the dataset to MLflow."""
 import json
 import warnings
 from pathlib import Path
 
 import mlflow.data
+import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from preprocessing.config import DataConfig
+from preprocessing import image
+from preprocessing.config import DataConfig, ImageConfig
 from preprocessing.errors import DataError
 from preprocessing.sources import SAMPLE_PREFIX, TransientReadError, dataset_name, fingerprint, read_table
 from tasks import tracking
@@ -44,27 +47,38 @@ def _dataset_entity(frame, config: DataConfig, digest: str) -> Dataset:
         warnings.simplefilter("ignore", UserWarning)
         sample = mlflow.data.from_pandas(frame.head(SCHEMA_SAMPLE_ROWS), source=_dataset_source(config.source),
                                          name=dataset_name(config.source), digest=digest,
-                                         targets=config.target if config.target in frame.columns else None)
+                                         targets=config.target_column() if config.target_column() in frame.columns
+                                         else None)
         entity = sample._to_mlflow_entity()
     profile = json.dumps({"num_rows": len(frame), "num_elements": int(frame.size)})
     return Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
 
 
+def _read(config: DataConfig, image_config: ImageConfig, work_dir: Path) -> tuple[pd.DataFrame, str, str]:
+    """The table (or, for images, the listing of files and labels), its fingerprint, and a one-line summary."""
+    if config.data_type == "image":
+        location = image.materialise(config.source, Path(work_dir))
+        listing = image.list_images(location, image_config, config.target_column())
+        return (listing, image.fingerprint_files(listing, location, config.target_column()),
+                f"found {len(listing)} image files in {location}")
+    frame = read_table(config.source, config.format)
+    return frame, fingerprint(frame), f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source}"
+
+
 @task(name="collect", cache_policy=NO_CACHE, retry_condition_fn=_transient)
-def collect(config: DataConfig, run_id: str, work_dir: Path) -> Snapshot:
+def collect(config: DataConfig, image_config: ImageConfig, run_id: str, work_dir: Path) -> Snapshot:
     logger = get_run_logger()
     try:
-        frame = read_table(config.source, config.format)
+        frame, digest, summary = _read(config, image_config, work_dir)
     except TransientReadError as exc:
         attempts = task_run.run_count
         if attempts > config.read_retries:
             raise DataError(f"{exc} (tried {attempts} times)") from exc
         logger.warning(f"{exc}; retrying ({attempts}/{config.read_retries})")
         raise
-    digest = fingerprint(frame)
     path = Path(work_dir) / "snapshot.parquet"
     frame.to_parquet(path, index=False)
-    logger.info(f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source} (fingerprint {digest})")
+    logger.info(f"{summary} (fingerprint {digest})")
 
     client = tracking.configure()
     client.log_inputs(run_id, datasets=[DatasetInput(_dataset_entity(frame, config, digest),

@@ -1,26 +1,24 @@
 """evaluate: torchmetrics on the test split, a confusion matrix or predicted-vs-true plot, and a Prefect
 markdown artifact that summarises the run and links to it in MLflow."""
-import json
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from models import load_network
-from preprocessing.tabular import TabularTransform
 from tasks import tracking
+from tasks.inputs import batch_source, load_transform, served_outputs
 from tasks.steps import Prepared, Trained
 from training import evaluation
 from training.objectives import ServingModel, make_objective
 
 
-def serving_model(prepared: Prepared, trained: Trained) -> tuple[ServingModel, TabularTransform]:
-    """The trained network with its output head: probabilities, or values on the target's original scale."""
-    transform = TabularTransform(json.loads(Path(prepared.state_path).read_text()))
+def serving_model(prepared: Prepared, trained: Trained):
+    """The trained network with its output head (probabilities, or values on the target's original scale), and the
+    run's fitted transform."""
+    transform = load_transform(prepared)
     network, _ = load_network(trained.network)
     target = transform.target
     objective = make_objective(target["task"], len(target["classes"]))
@@ -37,11 +35,8 @@ def mlflow_run_url(run_id: str) -> str:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(prepared: Prepared, trained: Trained, run_id: str) -> dict:
     model, transform = serving_model(prepared, trained)
-    arrays = np.load(prepared.arrays)
-    with torch.no_grad():
-        served = model(torch.from_numpy(arrays["test_features"]))
+    served, targets = served_outputs(model, batch_source(prepared, transform, "test", batch_size=1024))
     target = transform.target
-    targets = torch.from_numpy(arrays["test_targets"])
     plot = Path(prepared.arrays).with_name("test_plot.png")
     if target["task"] == "regression":
         truth = targets.double() * target["std"] + target["mean"]

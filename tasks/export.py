@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import mlflow.onnx
-import numpy as np
 import onnx
 import torch
 from mlflow.models import infer_signature
@@ -13,9 +12,10 @@ from prefect.cache_policies import NO_CACHE
 
 from models import load_network
 from serving.bundle import save_bundle
-from serving.export import export_onnx, parity
+from serving.export import INPUT_NAMES, export_onnx, parity
 from tasks import tracking
 from tasks.evaluate import serving_model
+from tasks.inputs import model_inputs
 from tasks.steps import Exported, Prepared, Trained
 
 EXAMPLE_ROWS = 5
@@ -26,28 +26,30 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
            metrics: dict) -> Exported:
     logger = get_run_logger()
     model, transform = serving_model(prepared, trained)
-    test_features = np.load(prepared.arrays)["test_features"]
+    test_inputs = model_inputs(prepared, transform, "test")
+    data_type = transform.state.get("data_type", "tabular")
     output_name = "value" if transform.target["task"] == "regression" else "probabilities"
-    onnx_bytes = export_onnx(model, torch.from_numpy(test_features), output_name)
-    max_diff = parity(onnx_bytes, model, test_features, tolerance)
+    onnx_bytes = export_onnx(model, torch.from_numpy(test_inputs), output_name, INPUT_NAMES[data_type])
+    max_diff = parity(onnx_bytes, model, test_inputs, tolerance)
     tracking.log_metrics(run_id, {"export_max_abs_diff": max_diff})
-    logger.info(f"ONNX export matches torch within {max_diff:.2e} on {len(test_features)} test rows")
+    logger.info(f"ONNX export matches torch within {max_diff:.2e} on {len(test_inputs)} test rows")
 
     _, saved = load_network(trained.network)
     bundle = save_bundle(
         Path(prepared.arrays).with_name("model.pth"), onnx_bytes=onnx_bytes,
-        data_type="tabular", task=transform.target["task"], preprocessing=transform.state,
+        data_type=data_type, task=transform.target["task"], preprocessing=transform.state,
         network={k: saved[k] for k in ("model_config", "input_size", "output_size", "state_dict")},
         metrics=metrics, run=run_info)
     client = tracking.configure()
     client.log_artifact(run_id, str(bundle), "model_file")
 
-    example = test_features[:EXAMPLE_ROWS]
+    example = test_inputs[:EXAMPLE_ROWS]
     with torch.no_grad():
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     with tracking.active_run(run_id):
         info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model", signature=signature,
                                      onnx_execution_providers=["CPUExecutionProvider"],
-                                     input_example=example, metadata={"feature_names": transform.feature_names,
-                                                                      "classes": transform.target["classes"]})
+                                     input_example=example, metadata={
+                                         "feature_names": getattr(transform, "feature_names", None),
+                                         "classes": transform.target["classes"], "data_type": data_type})
     return Exported(bundle, info.model_uri, max_diff)

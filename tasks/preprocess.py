@@ -1,4 +1,8 @@
-"""preprocess: fit the tabular transform on the train split only, apply it to every split, save its state."""
+"""preprocess: fit the type's transform on the train split only, apply it, save its state.
+
+Tables: imputation, scaling and encoding, applied to every split and written as arrays. Images: normalisation
+statistics from the train split and the albumentations pipelines (serialised); the images stay in the cache and
+are augmented while training."""
 import json
 from pathlib import Path
 
@@ -7,20 +11,16 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from preprocessing import tabular
-from preprocessing.config import TabularConfig
+from preprocessing import image, tabular
+from preprocessing.config import ImageConfig, TabularConfig
 from preprocessing.validate import TableSchema
 from tasks import tracking
 from tasks.steps import Prepared, Splits, Validated
 
+SPLITS = ("train", "val", "test")
 
-@task(name="preprocess", cache_policy=NO_CACHE)
-def preprocess(validated: Validated, splits: Splits, config: TabularConfig, run_id: str) -> Prepared:
-    schema = TableSchema.from_dict(validated.schema)
-    frame = pd.read_parquet(validated.path)
-    rows = np.load(splits.path)
-    parts = {name: frame.iloc[rows[name]].reset_index(drop=True) for name in ("train", "val", "test")}
 
+def _tabular(parts: dict, schema: TableSchema, config: TabularConfig, run_id: str) -> tuple[dict, dict, str]:
     state = tabular.fit(parts["train"], schema, config)
     transform = tabular.TabularTransform(state)
     if config.missing == "drop_rows":  # only training rows are dropped; val/test are imputed as predict would
@@ -29,14 +29,46 @@ def preprocess(validated: Validated, splits: Splits, config: TabularConfig, run_
     for name, part in parts.items():
         arrays[f"{name}_features"] = transform.features(part, f"{name} split")
         arrays[f"{name}_targets"] = transform.encode_target(part[schema.target])
+    tracking.log_params(run_id, "preprocess", transform.describe())
+    return state, arrays, (f"preprocessed into {transform.n_features} features "
+                           f"({len(parts['train'])} training rows after null handling)")
+
+
+def _image(parts: dict, schema: TableSchema, config: ImageConfig, cache: Path, run_id: str, work: Path):
+    images = np.load(cache, mmap_mode="r")
+    state = image.fit(images[np.sort(parts["train"]["cache_row"].to_numpy())], schema.classes, config, schema.target)
+    index = {c: i for i, c in enumerate(schema.classes)}
+    arrays = {}
+    for name, part in parts.items():
+        arrays[f"{name}_rows"] = part["cache_row"].to_numpy()
+        arrays[f"{name}_targets"] = np.array([index[v] for v in part[schema.target]], dtype=np.int64)
+    augmentation = work / "augmentation.json"
+    augmentation.write_text(json.dumps(state["train_pipeline"], indent=1))
+    tracking.configure().log_artifact(run_id, str(augmentation), "preprocess")
+    tracking.log_params(run_id, "preprocess", {
+        **{k: v for k, v in config.model_dump().items() if k not in ("augment", "mean", "std")},
+        "augment": ",".join(spec["name"] for spec in config.augmentations()),
+        "mean": [round(m, 4) for m in state["mean"]], "std": [round(s, 4) for s in state["std"]]})
+    return state, arrays, (f"images {config.image_size}x{config.image_size}x{config.channels}, "
+                           f"mean {[round(m, 3) for m in state['mean']]}, std {[round(s, 3) for s in state['std']]}")
+
+
+@task(name="preprocess", cache_policy=NO_CACHE)
+def preprocess(validated: Validated, splits: Splits, config: TabularConfig, image_config: ImageConfig,
+               run_id: str) -> Prepared:
+    schema = TableSchema.from_dict(validated.schema)
+    frame = pd.read_parquet(validated.path)
+    rows = np.load(splits.path)
+    parts = {name: frame.iloc[rows[name]].reset_index(drop=True) for name in SPLITS}
     work = Path(validated.path).parent
+    if validated.cache is not None:
+        state, arrays, summary = _image(parts, schema, image_config, validated.cache, run_id, work)
+    else:
+        state, arrays, summary = _tabular(parts, schema, config, run_id)
     np.savez(work / "arrays.npz", **arrays)
     state_path = work / "preprocessing.json"
     state_path.write_text(json.dumps(state, indent=1))
     parts["test"].to_parquet(work / "test_rows.parquet", index=False)
-
-    tracking.log_params(run_id, "preprocess", transform.describe())
     tracking.configure().log_artifact(run_id, str(state_path), "preprocess")
-    get_run_logger().info(f"preprocessed into {transform.n_features} features "
-                          f"({len(parts['train'])} training rows after null handling)")
-    return Prepared(work / "arrays.npz", state_path, work / "test_rows.parquet")
+    get_run_logger().info(summary)
+    return Prepared(work / "arrays.npz", state_path, work / "test_rows.parquet", validated.cache)

@@ -15,6 +15,7 @@ class Snapshot:
 class Validated:
     path: Path
     schema: dict
+    cache: Path | None = None  # images: the decoded uint8 cache, rows referenced by the 'cache_row' column
 
 
 @dataclass
@@ -25,9 +26,10 @@ class Splits:
 
 @dataclass
 class Prepared:
-    arrays: Path  # .npz: {train,val,test}_{features,targets}
+    arrays: Path  # .npz: {train,val,test}_targets, and _features (tables) or _rows into the cache (images)
     state_path: Path  # preprocessing state (JSON)
-    test_frame: Path  # raw test rows, for the model's input example
+    test_frame: Path  # raw test rows
+    cache: Path | None = None
 
 
 @dataclass

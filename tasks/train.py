@@ -1,25 +1,26 @@
 """train: build the network from config and run the trainer, with checkpoints, early stopping and per-epoch
 metrics sent to MLflow asynchronously so that logging does not slow the loop."""
-import json
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models import build_model, save_network
+from models import build_model, save_network, transfer
 from models.config import ModelConfig
-from preprocessing.tabular import TabularTransform
+from preprocessing.errors import DataError
+from serving.bundle import load_bundle
 from tasks import tracking
+from tasks.inputs import batch_source, input_size, load_transform
 from tasks.steps import Prepared, Trained
 from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint, resolve_mode
 from training.config import TrainerConfig
 from training.device import select_device
 from training.objectives import make_objective
 from training.optim import build_optimizer, build_scheduler
-from training.trainer import Tensors, Trainer
+from training.trainer import Trainer
 
 
 class MlflowEpochLogger(Callback):
@@ -44,22 +45,53 @@ class MlflowEpochLogger(Callback):
         self.seconds += time.perf_counter() - started
 
 
-def tensors(arrays, split: str) -> Tensors:
-    return Tensors(torch.from_numpy(arrays[f"{split}_features"]), torch.from_numpy(arrays[f"{split}_targets"]))
+def pretrained_network(reference: str) -> dict:
+    """The 'network' entry of a torchyard model file, given its path or a registry URI (models:/name/1,
+    models:/name@champion), whose run holds the file as the artifact model_file/model.pth."""
+    if reference.startswith("models:/"):
+        import mlflow
+
+        tracking.configure()
+        try:
+            run_id = mlflow.models.get_model_info(reference).run_id
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_file/model.pth",
+                                                       dst_path=tempfile.mkdtemp(prefix="torchyard-pretrained-"))
+        except Exception as exc:  # MlflowException: unknown name, version or alias
+            raise DataError(f"model.pretrained {reference} could not be loaded from the MLflow registry: {exc}") from exc
+        return load_bundle(path)["network"]
+    return load_bundle(reference)["network"]
 
 
-def build_trainer(transform: TabularTransform, model_config: ModelConfig, config: TrainerConfig, seed: int,
-                  device: torch.device, callbacks: list[Callback]) -> Trainer:
-    """The network, optimizer and scheduler for this run, wired into a Trainer (also used by the benchmark)."""
+def build_network(model_config: ModelConfig, transform, output_size: int, logger=None):
+    """The configured network, or a pretrained one with a new head. Returns it and the config it was built from."""
+    if not model_config.pretrained:
+        return build_model(model_config, input_size(transform), output_size), model_config
+    saved = pretrained_network(model_config.pretrained)
+    if saved["input_size"] != input_size(transform):
+        raise DataError(f"model.pretrained {model_config.pretrained} takes {saved['input_size']} input "
+                        f"channel(s)/feature(s) but this data has {input_size(transform)}")
+    network, config = transfer(saved, output_size, model_config.freeze_features)
+    if logger:
+        logger.info(f"starting from {model_config.pretrained} ({config.type}, new head for {output_size} outputs"
+                    + (", feature layers frozen)" if model_config.freeze_features else ")"))
+    return network, config
+
+
+def build_trainer(transform, model_config: ModelConfig, config: TrainerConfig, seed: int, device: torch.device,
+                  callbacks: list[Callback], logger=None) -> tuple[Trainer, ModelConfig]:
+    """The network, optimizer and scheduler for this run, wired into a Trainer."""
     torch.manual_seed(seed)
     objective = make_objective(transform.target["task"], len(transform.target["classes"]))
-    network = build_model(model_config, transform.n_features, objective.output_size)
-    optimizer = build_optimizer(network.parameters(), config)
+    network, built_from = build_network(model_config, transform, objective.output_size, logger)
+    if device.type == "cuda" and built_from.type == "cnn":
+        network = network.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
     monitor = config.early_stopping.monitor
     scheduler = build_scheduler(optimizer, config.scheduler, config.n_epochs,
                                 resolve_mode(monitor, config.early_stopping.mode))
-    return Trainer(network, objective, optimizer, scheduler, max_epochs=config.n_epochs,
-                   batch_size=config.batch_size, device=device, seed=seed, monitor=monitor, callbacks=callbacks)
+    trainer = Trainer(network, objective, optimizer, scheduler, max_epochs=config.n_epochs, device=device, seed=seed,
+                      monitor=monitor, callbacks=callbacks)
+    return trainer, built_from
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -69,25 +101,26 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     device, warning = select_device(config.gpu_id)
     if warning:
         logger.warning(warning)
-    transform = TabularTransform(json.loads(Path(prepared.state_path).read_text()))
-    arrays = np.load(prepared.arrays)
+    transform = load_transform(prepared)
+    workers = getattr(getattr(transform, "config", None), "workers", 0)
     stopping = config.early_stopping
     mlflow_logger = MlflowEpochLogger(run_id)
     callbacks = [mlflow_logger, EpochSummary(logger.info), ModelCheckpoint(checkpoint_dir, logger.info)]
     if stopping.enabled:
         callbacks.insert(0, EarlyStopping(stopping.monitor, stopping.mode, stopping.patience, stopping.min_delta,
                                           stopping.restore_best))
-    trainer = build_trainer(transform, model_config, config, seed, device, callbacks)
-    tracking.log_params(run_id, "model", model_config.model_dump())
+    trainer, built_from = build_trainer(transform, model_config, config, seed, device, callbacks, logger)
+    tracking.log_params(run_id, "model", built_from.model_dump())
     tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device)})
 
     started = time.perf_counter()
-    history = trainer.fit(tensors(arrays, "train"), tensors(arrays, "val"))
+    history = trainer.fit(batch_source(prepared, transform, "train", config.batch_size, workers),
+                          batch_source(prepared, transform, "val", config.batch_size))
     seconds = time.perf_counter() - started
     tracking.log_metrics(run_id, {"train_seconds": seconds, "epochs_run": len(history),
                                   "mlflow_logging_seconds": mlflow_logger.seconds})
     logger.info(f"trained {len(history)} epoch(s) on {device} in {seconds:.1f}s "
                 f"({mlflow_logger.seconds * 1000 / max(1, len(history)):.1f} ms/epoch in MLflow logging)")
     path = Path(prepared.arrays).with_name("network.pt")
-    save_network(path, model_config, transform.n_features, trainer.objective.output_size, trainer.model)
+    save_network(path, built_from, input_size(transform), trainer.objective.output_size, trainer.model)
     return Trained(path, len(history), str(device))

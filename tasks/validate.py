@@ -1,20 +1,53 @@
-"""validate: check the snapshot against the config before anything is trained."""
+"""validate: check the snapshot against the config before anything is trained. Images are decoded here, once:
+unreadable files are listed in an artifact and skipped, and the decoded images are cached by fingerprint."""
+import os
 from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from preprocessing.config import DataConfig
+from preprocessing import image
+from preprocessing.config import DataConfig, ImageConfig
 from preprocessing.validate import validate_table
 from tasks import tracking
 from tasks.steps import Snapshot, Validated
 
 
+def cache_root() -> Path:
+    """Decoded images, kept across runs (keyed by data fingerprint): TORCHYARD_CACHE_DIR or .torchyard/cache."""
+    return Path(os.environ.get("TORCHYARD_CACHE_DIR", tracking.REPO / ".torchyard" / "cache"))
+
+
+def _decode(snapshot: Snapshot, listing: pd.DataFrame, config: ImageConfig, logger):
+    cache = image.cache_path(cache_root(), snapshot.fingerprint, config)
+    cached = image.load_cache(cache)
+    if cached is not None:
+        logger.info(f"decoded images found in the cache {cache}")
+        return cache, cached[1]
+    images, bad = image.decode_all(listing["path"].tolist(), config.channels, config.cache_size)
+    image.save_cache(cache, images, bad)
+    logger.info(f"decoded {len(images)} images to {config.cache_size}x{config.cache_size}x{config.channels}, "
+                f"cached in {cache}")
+    return cache, bad
+
+
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(snapshot: Snapshot, config: DataConfig, run_id: str) -> Validated:
+def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, run_id: str) -> Validated:
     logger = get_run_logger()
-    frame, schema = validate_table(pd.read_parquet(snapshot.path), config, snapshot.source)
+    frame = pd.read_parquet(snapshot.path)
+    cache = None
+    if config.data_type == "image":
+        cache, bad = _decode(snapshot, frame, image_config, logger)
+        if bad:
+            listed = Path(snapshot.path).with_name("bad_files.csv")
+            pd.DataFrame(bad)[["path", "reason"]].to_csv(listed, index=False)
+            tracking.configure().log_artifact(run_id, str(listed), "validate")
+        frame, schema = image.check_decoded(frame, bad, config.target_column(), image_config.max_bad_fraction,
+                                            snapshot.source)
+        tracking.log_params(run_id, "validate", {"bad_files": len(bad)})
+    else:
+        frame, schema = validate_table(frame, config, snapshot.source)
     for note in schema.notes:
         logger.warning(note)
     path = Path(snapshot.path).with_name("validated.parquet")
@@ -23,7 +56,8 @@ def validate(snapshot: Snapshot, config: DataConfig, run_id: str) -> Validated:
         "target": schema.target, "task": schema.task, "n_classes": len(schema.classes),
         "numeric_columns": len(schema.numeric), "categorical_columns": len(schema.categorical),
         "rows": schema.n_rows})
-    logger.info(f"{schema.task} on '{schema.target}': {len(schema.numeric)} numeric and "
-                f"{len(schema.categorical)} categorical feature(s), {schema.n_rows} rows"
+    inputs = ("images" if config.data_type == "image" else
+              f"rows, {len(schema.numeric)} numeric and {len(schema.categorical)} categorical feature(s)")
+    logger.info(f"{schema.task} on '{schema.target}': {schema.n_rows} {inputs}"
                 + (f", classes {schema.classes}" if schema.classes else ""))
-    return Validated(path, schema.to_dict())
+    return Validated(path, schema.to_dict(), cache)

@@ -16,7 +16,7 @@ from training.objectives import ServingModel, make_objective
 def serving(task="classification", classes=3, inputs=6):
     torch.manual_seed(0)
     objective = make_objective(task, classes)
-    net = build_model(ModelConfig(n_layers=3, hidden_size=8), inputs, objective.output_size)
+    net = build_model(ModelConfig(type="mlp", n_layers=3, hidden_size=8), inputs, objective.output_size)
     net.eval()
     return ServingModel(net, objective, 5.0, 2.0).eval()
 

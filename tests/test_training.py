@@ -8,7 +8,8 @@ from training.config import SchedulerConfig, TrainerConfig
 from training.device import select_device
 from training.objectives import ServingModel, make_objective
 from training.optim import build_optimizer, build_scheduler
-from training.trainer import Tensors, Trainer
+from training.data import TensorData
+from training.trainer import Trainer
 
 
 def blobs(n=300, seed=0):
@@ -16,16 +17,16 @@ def blobs(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 3, (n,), generator=g)
     centres = torch.tensor([[3.0, 0], [-3, 0], [0, 3]])
-    return Tensors(centres[y] + torch.randn(n, 2, generator=g), y)
+    return TensorData(centres[y] + torch.randn(n, 2, generator=g), y, batch_size=32)
 
 
 def make_trainer(n_epochs=5, callbacks=(), scheduler=SchedulerConfig(), lr=0.01, seed=0):
     torch.manual_seed(seed)
     objective = make_objective("classification", 3)
-    model = build_model(ModelConfig(n_layers=3, hidden_size=16, dropout=0.1), 2, objective.output_size)
+    model = build_model(ModelConfig(type="mlp", n_layers=3, hidden_size=16, dropout=0.1), 2, objective.output_size)
     optimizer = build_optimizer(model.parameters(), TrainerConfig(lr=lr))
     return Trainer(model, objective, optimizer, build_scheduler(optimizer, scheduler, n_epochs, "min"),
-                   max_epochs=n_epochs, batch_size=32, device=torch.device("cpu"), seed=seed,
+                   max_epochs=n_epochs, device=torch.device("cpu"), seed=seed,
                    callbacks=list(callbacks), progress_bar=False)
 
 

@@ -1,7 +1,6 @@
-"""The training loop. Data are tensors already in memory: batches are sliced from a shuffled index rather than
-drawn through a per-sample DataLoader, which is several times faster for tabular data (see FIELD-NOTES)."""
+"""The training loop: epochs of batches from a batch source (training/data.py), validation after each epoch,
+callbacks for everything else."""
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -11,24 +10,12 @@ from training.callbacks import Callback
 from training.objectives import Objective
 
 
-@dataclass
-class Tensors:
-    features: torch.Tensor
-    targets: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def to(self, device) -> "Tensors":
-        return Tensors(self.features.to(device), self.targets.to(device))
-
-
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, scheduler=None,
-                 *, max_epochs: int, batch_size: int, device: torch.device, seed: int = 0,
+                 *, max_epochs: int, device: torch.device, seed: int = 0,
                  monitor: str = "val_loss", callbacks: list[Callback] = (), progress_bar: bool | None = None):
         self.model, self.objective, self.optimizer, self.scheduler = model.to(device), objective, optimizer, scheduler
-        self.max_epochs, self.batch_size, self.device, self.monitor = max_epochs, batch_size, device, monitor
+        self.max_epochs, self.device, self.monitor = max_epochs, device, monitor
         self.callbacks = list(callbacks)
         self.progress_bar = progress_bar  # None: only when writing to a terminal
         self.generator = torch.Generator().manual_seed(seed)  # shuffling order, saved in checkpoints
@@ -37,7 +24,8 @@ class Trainer:
         self.history: list[dict] = []
         self.should_stop = False
 
-    def fit(self, train: Tensors, val: Tensors) -> list[dict]:
+    def fit(self, train, val) -> list[dict]:
+        """Train on batch source `train`, validating on `val` after every epoch; returns the epoch metrics."""
         train, val = train.to(self.device), val.to(self.device)
         self._hook("on_fit_start")
         while self.epoch < self.max_epochs and not self.should_stop:
@@ -51,41 +39,36 @@ class Trainer:
         self._hook("on_fit_end")
         return self.history
 
-    def _train_epoch(self, data: Tensors) -> float:
+    def _train_epoch(self, data) -> float:
         self.model.train()
-        order = torch.randperm(len(data), generator=self.generator).to(self.device)
-        starts = range(0, len(data), self.batch_size)
         total, seen = torch.zeros((), device=self.device), 0
-        bar = tqdm(starts, desc=f"epoch {self.epoch + 1}", leave=False, unit="batch",
-                   disable=None if self.progress_bar is None else not self.progress_bar)
-        for start in bar:
-            index = order[start:start + self.batch_size]
-            if len(index) < 2 and seen:  # BatchNorm cannot train on a batch of one; skip that last straggler
-                continue
+        bar = tqdm(data.epoch(self.generator), total=data.n_batches(), desc=f"epoch {self.epoch + 1}", leave=False,
+                   unit="batch", disable=None if self.progress_bar is None else not self.progress_bar)
+        for inputs, targets in bar:
             with self._autocast():
-                loss = self.objective.loss_value(self.model(data.features[index]), data.targets[index])
+                loss = self.objective.loss_value(self.model(inputs), targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.detach() * len(index)  # stays on the device: no sync per batch
-            seen += len(index)
+            total += loss.detach() * len(targets)  # stays on the device: no sync per batch
+            seen += len(targets)
         return (total / seen).item()
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """Raw network outputs in eval mode, batched, as float32 on the trainer's device."""
+    def predict(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw network outputs (float32) in eval mode over `data` in row order, and the matching targets."""
         self.model.eval()
-        features = features.to(self.device)
-        chunks, step = [], max(self.batch_size, 4096)
-        for start in range(0, len(features), step):
+        outputs, targets = [], []
+        for inputs, batch_targets in data.to(self.device).ordered():
             with self._autocast():
-                chunks.append(self.model(features[start:start + step]).float())
-        return torch.cat(chunks)
+                outputs.append(self.model(inputs).float())
+            targets.append(batch_targets)
+        return torch.cat(outputs), torch.cat(targets)
 
-    def validate(self, data: Tensors) -> dict[str, float]:
-        outputs = self.predict(data.features)
-        loss = self.objective.loss_value(outputs, data.targets).item()
-        return {"val_loss": loss, **self.objective.val_metrics(outputs, data.targets)}
+    def validate(self, data) -> dict[str, float]:
+        outputs, targets = self.predict(data)
+        loss = self.objective.loss_value(outputs, targets).item()
+        return {"val_loss": loss, **self.objective.val_metrics(outputs, targets)}
 
     def _step_scheduler(self, metrics: dict) -> None:
         if self.scheduler is None:

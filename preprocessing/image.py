@@ -1,0 +1,358 @@
+"""Image preprocessing: finding images (folders, manifests, archives, the digits sample), decoding each file once
+into a uint8 cache, albumentations pipelines built from config and saved with albumentations' own serialisation,
+and the transform that turns raw files into the float NCHW batches the model and its ONNX export take.
+"""
+import hashlib
+import json
+import os
+import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from albumentations.core.transforms_interface import BasicTransform
+from PIL import Image, UnidentifiedImageError
+
+from preprocessing.config import ImageConfig
+from preprocessing.errors import DataError, TorchyardError
+from preprocessing.sources import SAMPLE_PREFIX, fetch, read_table
+
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class AugmentationError(TorchyardError):
+    """An augmentation in the config that albumentations does not know or cannot build."""
+
+
+# ---------------------------------------------------------------- finding images
+
+def materialise(source: str, dest: Path) -> Path:
+    """A local folder or manifest for `source`: archives are unpacked and the digits sample written under `dest`."""
+    if source == f"{SAMPLE_PREFIX}digits":
+        return write_digits(dest / "digits")
+    if source.startswith(SAMPLE_PREFIX):
+        raise DataError(f"unknown image sample '{source}'; available: {SAMPLE_PREFIX}digits")
+    if source.startswith(("http://", "https://")):
+        name = Path(source.split("?")[0]).name or "download"
+        archive = dest / name
+        archive.write_bytes(fetch(source, timeout=60))
+        return unpack(archive, dest / "unpacked")
+    path = Path(source.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise DataError(f"image source not found: {source} (looked for {path.resolve()})")
+    if path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return unpack(path, dest / "unpacked")
+    return path.resolve()
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(dest)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(dest, filter="data")
+    except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
+        raise DataError(f"{archive.name} could not be unpacked: {exc}") from exc
+    entries = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    # an archive of one folder (photos.zip -> photos/cat, photos/dog) unpacks to that folder
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+def write_digits(dest: Path) -> Path:
+    """scikit-learn's bundled 8x8 digits as PNG files, one sub-folder per digit: an image sample with no network."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    if (dest / ".complete").exists():
+        return dest
+    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+        folder = dest / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * (255 / 16)).astype(np.uint8), mode="L").save(folder / f"{index:04d}.png")
+    (dest / ".complete").touch()
+    return dest
+
+
+def list_images(location: Path, config: ImageConfig, label_column: str) -> pd.DataFrame:
+    """Rows of (path, label) from a class-per-folder tree or a manifest; paths absolute."""
+    if location.is_file():
+        return _from_manifest(location, config.path_column, label_column)
+    classes = sorted(p for p in location.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rows = [(str(f), c.name) for c in classes for f in sorted(c.rglob("*")) if f.is_file()
+            and not f.name.startswith(".")]
+    if not rows:
+        loose = [f for f in location.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        hint = (f" ({len(loose)} image files lie directly in it; put them in one sub-folder per class)"
+                if loose else "")
+        raise DataError(f"no images found in {location}: expected one sub-folder per class, each holding that "
+                        f"class's images{hint}")
+    return pd.DataFrame(rows, columns=["path", label_column])
+
+
+def _from_manifest(manifest: Path, path_column: str, label_column: str) -> pd.DataFrame:
+    if not manifest.name.lower().endswith(MANIFEST_SUFFIXES):
+        raise DataError(f"{manifest} is neither a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) nor a "
+                        f"manifest table ({', '.join(MANIFEST_SUFFIXES)})")
+    table = read_table(str(manifest))
+    for column in (path_column, label_column):
+        if column not in table.columns:
+            raise DataError(f"manifest {manifest} has no column '{column}'; columns are: "
+                            + ", ".join(f"'{c}'" for c in table.columns))
+    table = table.dropna(subset=[path_column])
+    paths = [str((manifest.parent / p).resolve()) for p in table[path_column].astype(str)]
+    missing = [(i, p) for i, p in enumerate(paths) if not Path(p).is_file()]
+    if missing:
+        row, path = missing[0]
+        raise DataError(f"manifest {manifest} points at {len(missing)} missing file(s), the first at data row "
+                        f"{row + 1}: {path}")
+    labels = table[label_column].map(lambda v: None if pd.isna(v) else str(v))
+    return pd.DataFrame({"path": paths, label_column: labels.to_numpy()})
+
+
+def fingerprint_files(listing: pd.DataFrame, root: Path, label_column: str) -> str:
+    """Content hash of the images and their labels, independent of where the folder lives."""
+    digest = hashlib.sha256()
+    for path, label in zip(listing["path"], listing[label_column]):
+        relative = os.path.relpath(path, root) if root.is_dir() else Path(path).name
+        digest.update(f"{relative}\0{label}\0".encode())
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- decoding
+
+def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
+    """Decode one file to uint8 [size, size, channels]: shorter side resized to `size`, then center-cropped.
+
+    Raises ValueError with a short reason for a file that is not a readable image."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            image.load()  # the whole decode: a truncated file fails here, not later
+            pixels = _to_channels(image, channels)
+    except UnidentifiedImageError:
+        raise ValueError("not an image file PIL can read") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"corrupt image: {exc}") from None
+    return decode_pipeline(size)(image=pixels)["image"].reshape(size, size, channels)
+
+
+def _to_channels(image: Image.Image, channels: int) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit: scale to 8-bit instead of clipping
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    return pixels[..., None] if channels == 1 else pixels
+
+
+def decode_all(paths: list[str], channels: int, size: int, workers: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Decode every file once. Returns the uint8 array [n_good, size, size, channels] in input order, and the bad
+    files as {'row', 'path', 'reason'} (row = position in `paths`)."""
+    def decode(path):
+        try:
+            return load_image(path, channels, size), None
+        except ValueError as exc:
+            return None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+        results = list(pool.map(decode, paths))
+    bad = [{"row": i, "path": p, "reason": reason} for i, (p, (_, reason)) in enumerate(zip(paths, results)) if reason]
+    good = [image for image, _ in results if image is not None]
+    array = np.stack(good) if good else np.zeros((0, size, size, channels), dtype=np.uint8)
+    return array, bad
+
+
+# ---------------------------------------------------------------- pipelines
+
+def decode_pipeline(size: int) -> A.Compose:
+    """Applied once per file (at caching and at prediction): shorter side to `size`, square center crop."""
+    return A.Compose([A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size, pad_if_needed=True)])
+
+
+def eval_pipeline(image_size: int) -> A.Compose:
+    """Deterministic: center crop of the cached image to the training size."""
+    return A.Compose([A.CenterCrop(height=image_size, width=image_size, pad_if_needed=True)])
+
+
+def train_pipeline(specs: list[dict], image_size: int) -> A.Compose:
+    """The configured augmentations; a final center crop (a no-op when they already end at image_size) keeps every
+    training image the size the model and the eval pipeline use."""
+    return A.Compose([*(build_transform(spec) for spec in specs),
+                      A.CenterCrop(height=image_size, width=image_size, pad_if_needed=True)])
+
+
+def transform_names() -> list[str]:
+    return sorted(n for n in dir(A) if isinstance(getattr(A, n), type) and issubclass(getattr(A, n), BasicTransform)
+                  and not n.startswith(("Basic", "Dual", "ImageOnly", "NoOp")))
+
+
+def build_transform(spec: dict) -> BasicTransform:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise AugmentationError(f"each augmentation must be a mapping with a 'name', got {spec!r}")
+    name, arguments = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    if name not in transform_names():
+        raise AugmentationError(f"unknown augmentation '{name}'; valid albumentations transforms: "
+                                + ", ".join(transform_names()))
+    try:
+        return getattr(A, name)(**arguments)
+    except Exception as exc:  # albumentations validates arguments with pydantic and raises several types
+        raise AugmentationError(f"augmentation {name} rejects its arguments {arguments}: {exc}") from exc
+
+
+def channel_stats(images: np.ndarray, image_size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0..1 scale) of the center crops the model sees, over `images` (the train split)."""
+    crop = eval_pipeline(image_size)
+    sums, squares = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
+    for start in range(0, len(images), 1024):  # chunks: bounded memory for large caches
+        chunk = np.stack([crop(image=im)["image"] for im in images[start:start + 1024]]).astype(np.float64) / 255
+        sums += chunk.sum(axis=(0, 1, 2))
+        squares += (chunk ** 2).sum(axis=(0, 1, 2))
+    count = len(images) * image_size * image_size
+    mean = sums / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()
+
+
+# ---------------------------------------------------------------- the fitted transform
+
+def fit(train_images: np.ndarray, classes: list, config: ImageConfig, target: str) -> dict:
+    """The state predict and serve need, as plain data: pipelines (albumentations dicts), statistics, classes."""
+    train_pipeline(config.augmentations(), config.image_size)  # fail now on a bad augmentation, not in a worker
+    if config.local_contrast:
+        mean, std = [0.0] * config.channels, [1.0] * config.channels  # LCN already centres and scales each image
+    elif config.mean is not None and config.std is not None:
+        mean, std = config.mean, config.std
+    else:
+        mean, std = channel_stats(train_images, config.image_size)
+    if len(mean) != config.channels or len(std) != config.channels:
+        raise DataError(f"image.mean/std need {config.channels} value(s), one per channel")
+    return {
+        "data_type": "image",
+        "config": config.model_dump(),
+        "decode_pipeline": A.to_dict(decode_pipeline(config.cache_size)),
+        "eval_pipeline": A.to_dict(eval_pipeline(config.image_size)),
+        "train_pipeline": A.to_dict(train_pipeline(config.augmentations(), config.image_size)),
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+        "target": {"name": target, "task": "classification", "classes": list(classes), "mean": 0.0, "std": 1.0},
+    }
+
+
+def local_contrast_normalize(x: torch.Tensor, sigma: float = 2.0, eps: float = 1e-2) -> torch.Tensor:
+    """Per-image, per-channel: subtract a Gaussian-weighted local mean, divide by the local standard deviation."""
+    radius = max(1, int(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(taps ** 2) / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+
+    def blur(t):
+        t = torch.nn.functional.pad(t, (radius, radius, radius, radius), mode="reflect")
+        t = torch.nn.functional.conv2d(t, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+        return torch.nn.functional.conv2d(t, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+    centred = x - blur(x)
+    return centred / torch.sqrt(blur(centred ** 2)).clamp_min(eps)
+
+
+class ImageTransform:
+    """Applies a fitted image state: raw files -> float32 NCHW model inputs, and outputs -> labels."""
+
+    def __init__(self, state: dict):
+        self.state = state
+        self.config = ImageConfig(**state["config"])
+        self.target = state["target"]
+        self.decode = A.from_dict(state["decode_pipeline"])
+        self.eval = A.from_dict(state["eval_pipeline"])
+        self.mean = torch.tensor(state["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(state["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.config.channels, self.config.image_size, self.config.image_size
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (on any device) -> normalised float32 NCHW on the same device."""
+        x = batch.permute(0, 3, 1, 2).float().div_(255)
+        if self.config.local_contrast:
+            x = local_contrast_normalize(x)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def eval_crop(self, images: np.ndarray) -> np.ndarray:
+        return np.stack([self.eval(image=im)["image"] for im in images]) if len(images) else images
+
+    def features(self, paths: list[str]) -> np.ndarray:
+        """Model inputs for raw image files; DataError naming the first file that cannot be read."""
+        images = []
+        for path in paths:
+            try:
+                images.append(load_image(path, self.config.channels, self.config.cache_size))
+            except (ValueError, OSError) as exc:
+                raise DataError(f"cannot read image {path}: {exc}") from exc
+        cropped = self.eval_crop(np.stack(images))
+        return self.normalize(torch.from_numpy(cropped)).numpy()
+
+    def decode_predictions(self, outputs: np.ndarray) -> tuple[list, np.ndarray]:
+        classes = self.target["classes"]
+        return [classes[i] for i in outputs.argmax(axis=1)], outputs
+
+
+def cache_path(cache_root: Path, fingerprint: str, config: ImageConfig) -> Path:
+    return Path(cache_root) / f"{fingerprint}-{config.cache_size}px-{config.channels}ch.npy"
+
+
+def save_cache(path: Path, images: np.ndarray, bad: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp.npy")
+    np.save(partial, images)
+    path.with_suffix(".bad.json").write_text(json.dumps(bad))
+    os.replace(partial, path)  # the .npy appears only when complete
+
+
+def load_cache(path: Path) -> tuple[np.ndarray, list[dict]] | None:
+    if not path.exists():
+        return None
+    return np.load(path, mmap_mode="r"), json.loads(path.with_suffix(".bad.json").read_text())
+
+
+def check_decoded(listing: pd.DataFrame, bad: list[dict], target: str, max_bad_fraction: float, name: str):
+    """The usable rows (with the 'cache_row' of each in the decoded array) and the schema, or DataError when too
+    many files are unreadable or a class is left without images."""
+    from preprocessing.validate import TableSchema, check_classes
+
+    notes = []
+    total = len(listing)
+    if bad:
+        first = bad[0]
+        summary = f"{len(bad)} of {total} image files are unreadable (first: {first['path']}: {first['reason']})"
+        if len(bad) > max_bad_fraction * total:
+            raise DataError(f"{summary}, more than image.max_bad_fraction {max_bad_fraction:.0%}; the list is the "
+                            "MLflow run's artifact validate/bad_files.csv")
+        notes.append(f"skipped {summary}; listed in validate/bad_files.csv")
+    bad_rows = {b["row"] for b in bad}
+    good = listing.drop(index=listing.index[list(bad_rows)]).assign(cache_row=np.arange(total - len(bad)))
+    lost = sorted(set(listing[target].dropna()) - set(good[target].dropna()))
+    if lost:
+        raise DataError(f"class '{lost[0]}' in {name} has no readable images; every file of it is in "
+                        "validate/bad_files.csv")
+    if good[target].isna().any():
+        notes.append(f"dropped {int(good[target].isna().sum())} image(s) without a label")
+        good = good.dropna(subset=[target])
+    classes = check_classes(good[target], target, name)
+    schema = TableSchema(target, "classification", [], [], classes, len(good), notes)
+    return good.reset_index(drop=True), schema

@@ -1,0 +1,50 @@
+"""What the train, evaluate and export tasks share: the fitted transform of a run, its batch sources and model
+inputs, whatever the data type."""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from preprocessing.image import ImageTransform
+from preprocessing.image_loader import ImageData
+from preprocessing.tabular import TabularTransform
+from tasks.steps import Prepared
+from training.data import TensorData
+
+PARITY_ROWS = 512
+
+
+def load_transform(prepared: Prepared) -> TabularTransform | ImageTransform:
+    state = json.loads(Path(prepared.state_path).read_text())
+    return ImageTransform(state) if state.get("data_type") == "image" else TabularTransform(state)
+
+
+def input_size(transform) -> int:
+    """What build_model takes as input_size: feature count (MLP) or image channels (CNN)."""
+    return transform.config.channels if isinstance(transform, ImageTransform) else transform.n_features
+
+
+def batch_source(prepared: Prepared, transform, split: str, batch_size: int, workers: int = 0):
+    arrays = np.load(prepared.arrays)
+    targets = arrays[f"{split}_targets"]
+    if isinstance(transform, ImageTransform):
+        return ImageData(prepared.cache, arrays[f"{split}_rows"], targets, transform, batch_size, workers)
+    return TensorData(torch.from_numpy(arrays[f"{split}_features"]), torch.from_numpy(targets), batch_size)
+
+
+def model_inputs(prepared: Prepared, transform, split: str, limit: int = PARITY_ROWS) -> np.ndarray:
+    """The first `limit` rows of a split exactly as the model receives them (float32)."""
+    source = batch_source(prepared, transform, split, batch_size=limit)
+    inputs, _ = next(iter(source.ordered()))
+    return inputs[:limit].cpu().contiguous().numpy()
+
+
+@torch.no_grad()
+def served_outputs(model: torch.nn.Module, source) -> tuple[torch.Tensor, torch.Tensor]:
+    """The serving model's outputs over a whole split in row order, and the targets (CPU tensors)."""
+    outputs, targets = [], []
+    for inputs, batch_targets in source.ordered():
+        outputs.append(model(inputs.cpu()))
+        targets.append(batch_targets.cpu())
+    return torch.cat(outputs), torch.cat(targets)
