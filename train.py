@@ -3,6 +3,7 @@
     python train.py --model_fn tmp.pth --gpu_id -1 --batch_size 256 --n_epochs 20 --n_layers 5
     python train.py --data iris.csv --target species --model_fn m.pth --n_epochs 30 --scheduler CosineAnnealingLR
     python train.py --config configs/wine.yaml --model_fn m.pth
+    python train.py --data photos/ --data_type image --model_fn m.pth --n_epochs 10
 """
 import argparse
 import logging
@@ -14,7 +15,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # flag -> (section, field); a flag left out keeps the config file's value or the default
 FLAGS = {
     "data": ("data", "source"), "target": ("data", "target"), "task": ("data", "task"),
-    "format": ("data", "format"),
+    "format": ("data", "format"), "data_type": ("data", "data_type"),
+    "image_size": ("image", "image_size"), "channels": ("image", "channels"), "workers": ("image", "workers"),
+    "pretrained": ("model", "pretrained"), "freeze_features": ("model", "freeze_features"),
+    "model_type": ("model", "type"),
     "n_layers": ("model", "n_layers"), "hidden_size": ("model", "hidden_size"),
     "activation": ("model", "activation"), "dropout": ("model", "dropout"),
     "n_epochs": ("train", "n_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -28,12 +32,20 @@ FLAGS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a model through train-flow (Prefect) with MLflow tracking.")
-    p.add_argument("--config", help="YAML file with sections data, split, preprocess, model, train, export")
+    p.add_argument("--config", help="YAML file with sections data, split, preprocess, image, model, train, export")
     p.add_argument("--model_fn", help="where to write the model file (.pth; the .onnx goes beside it)")
     p.add_argument("--data", help="path, http(s)/file URL or sklearn:wine|breast_cancer|diabetes|iris")
     p.add_argument("--target", help="target column")
     p.add_argument("--task", choices=["auto", "classification", "regression"])
     p.add_argument("--format", choices=["auto", "csv", "parquet", "json"])
+    p.add_argument("--data_type", choices=["tabular", "image"], help="image: a folder with one sub-folder per "
+                   "class, a manifest, a .zip/.tar.gz, or sklearn:digits")
+    p.add_argument("--image_size", type=int, help="side of the square images the model sees")
+    p.add_argument("--channels", type=int, choices=[1, 3])
+    p.add_argument("--workers", type=int, help="DataLoader worker processes for image augmentation")
+    p.add_argument("--model_type", choices=["auto", "mlp", "cnn"])
+    p.add_argument("--pretrained", help="start from a torchyard model: a .pth file or models:/name/version")
+    p.add_argument("--freeze_features", action="store_true", default=None, help="with --pretrained: train the head only")
     p.add_argument("--gpu_id", type=int, help="-1 for CPU, N for cuda:N")
     p.add_argument("--batch_size", type=int)
     p.add_argument("--n_epochs", type=int)

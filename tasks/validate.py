@@ -38,6 +38,7 @@ def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, 
     frame = pd.read_parquet(snapshot.path)
     cache = None
     if config.data_type == "image":
+        image.train_pipeline(image_config.augmentations(), image_config.image_size)  # a bad augmentation: fail now
         cache, bad = _decode(snapshot, frame, image_config, logger)
         if bad:
             listed = Path(snapshot.path).with_name("bad_files.csv")
