@@ -10,6 +10,7 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="torchyard-tests-"))
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
 os.environ["TORCHYARD_WORK_DIR"] = str(_SESSION_DIR / "work")
 os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ["TORCHYARD_CACHE_DIR"] = str(_SESSION_DIR / "cache")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 
