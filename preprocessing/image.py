@@ -281,6 +281,7 @@ class ImageTransform:
         self.eval = A.from_dict(state["eval_pipeline"])
         self.mean = torch.tensor(state["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(state["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        self._affine_cache = {}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -288,10 +289,16 @@ class ImageTransform:
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (on any device) -> normalised float32 NCHW on the same device."""
-        x = batch.permute(0, 3, 1, 2).float().div_(255)
+        x = batch.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         if self.config.local_contrast:
-            x = local_contrast_normalize(x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+            return local_contrast_normalize(x.div_(255))  # mean 0, std 1 by construction
+        scale, shift = self._affine(x.device)
+        return torch.addcmul(shift, x, scale)  # (x / 255 - mean) / std in one pass
+
+    def _affine(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._affine_cache:
+            self._affine_cache[device] = ((1 / (255 * self.std)).to(device), (-self.mean / self.std).to(device))
+        return self._affine_cache[device]
 
     def eval_crop(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.eval(image=im)["image"] for im in images]) if len(images) else images
