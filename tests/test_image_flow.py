@@ -83,8 +83,9 @@ def test_digits_sample_trains_exports_and_predicts(tmp_path, mlflow_client):
 
 def test_corrupt_and_odd_files_are_skipped_listed_and_cached(tmp_path, mlflow_client):
     root = colour_folder(tmp_path / "photos", per_class=14)
-    good = (root / "red" / "0.png").read_bytes()
-    (root / "red" / "broken.png").write_bytes(good[: len(good) // 3])  # truncated
+    Image.open(root / "red" / "0.png").convert("RGB").resize((48, 48)).save(root / "red" / "photo.jpg", quality=90)
+    jpeg = (root / "red" / "photo.jpg").read_bytes()
+    (root / "red" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # a corrupt JPEG among good ones
     rgba = np.zeros((30, 30, 4), dtype=np.uint8)
     rgba[..., 2], rgba[..., 3] = 220, 255
     Image.fromarray(rgba, "RGBA").save(root / "blue" / "rgba.png")
@@ -92,10 +93,10 @@ def test_corrupt_and_odd_files_are_skipped_listed_and_cached(tmp_path, mlflow_cl
     state = run_images(root, image=SMALL.model_copy(update={"max_bad_fraction": 0.1}))
     assert state.is_completed(), state.message
     run = mlflow_run(mlflow_client, state)
-    assert run.data.params["validate.bad_files"] == "1" and run.data.params["validate.rows"] == str(3 * 14 + 2)
+    assert run.data.params["validate.bad_files"] == "1" and run.data.params["validate.rows"] == str(3 * 14 + 3)
     path = mlflow_client.download_artifacts(run.info.run_id, "validate/bad_files.csv", str(tmp_path))
     listed = pd.read_csv(path)
-    assert listed["path"].tolist() == [str(root / "red" / "broken.png")] and "corrupt" in listed["reason"][0]
+    assert listed["path"].tolist() == [str(root / "red" / "broken.jpg")] and "corrupt" in listed["reason"][0]
 
     from tasks.validate import cache_root
 
@@ -105,10 +106,11 @@ def test_corrupt_and_odd_files_are_skipped_listed_and_cached(tmp_path, mlflow_cl
     assert again.is_completed() and cached.stat().st_mtime_ns == before  # decoded once, reused
 
 
-def test_transfer_learning_from_a_model_file(tmp_path, mlflow_client):
+def test_transfer_learning_from_a_model_file_and_the_registry(tmp_path, mlflow_client):
     base_fn = tmp_path / "base.pth"
+    name = f"colours-{uuid.uuid4().hex[:6]}"
     assert run_images(colour_folder(tmp_path / "base"), model_fn=str(base_fn),
-                      export=ExportConfig(register_model=False)).is_completed()
+                      export=ExportConfig(model_name=name)).is_completed()
     two = {k: COLOURS[k] for k in ("red", "blue")}
     state = run_images(colour_folder(tmp_path / "new", classes=two), model_fn=str(tmp_path / "new.pth"),
                        model=ModelConfig(pretrained=str(base_fn), freeze_features=True),
@@ -120,6 +122,12 @@ def test_transfer_learning_from_a_model_file(tmp_path, mlflow_client):
         if key.startswith("features.") and "num_batches" not in key and "running" not in key:
             assert torch.equal(value, new["state_dict"][key]), key  # frozen
     assert mlflow_run(mlflow_client, state).data.params["model.conv_channels"] == "[8, 16]"
+
+    from_registry = run_images(tmp_path / "new", model=ModelConfig(pretrained=f"models:/{name}/1"),
+                               export=ExportConfig(register_model=False))
+    assert from_registry.is_completed(), from_registry.message
+    missing = run_images(tmp_path / "new", model=ModelConfig(pretrained=f"models:/{name}/99"))
+    assert missing.is_failed() and "could not be loaded from the MLflow registry" in missing.message
 
 
 def _write_manifest_with_missing(tmp_path):
