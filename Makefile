@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop test test-fast bench mlflow-ui clean
+.PHONY: install demo stop test test-fast bench bench-images mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-fast: install
 
 bench: install
 	$(PY) bench/bench_tabular_train.py
+
+bench-images: install
+	$(PY) bench/bench_image_pipeline.py
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
