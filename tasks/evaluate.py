@@ -16,13 +16,13 @@ from training.objectives import ServingModel, make_objective
 
 
 def serving_model(prepared: Prepared, trained: Trained):
-    """The trained network with its output head (probabilities, or values on the target's original scale), and the
-    run's fitted transform."""
+    """The trained network with its output head (probabilities, or values on the target's original scale), the
+    run's fitted transform, and the saved network file's contents."""
     transform = load_transform(prepared)
-    network, _ = load_network(trained.network)
+    network, saved = load_network(trained.network)
     target = transform.target
     objective = make_objective(target["task"], len(target["classes"]))
-    return ServingModel(network, objective, target["mean"], target["std"]).eval(), transform
+    return ServingModel(network, objective, target["mean"], target["std"]).eval(), transform, saved
 
 
 def mlflow_run_url(run_id: str) -> str:
@@ -34,23 +34,21 @@ def mlflow_run_url(run_id: str) -> str:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(prepared: Prepared, trained: Trained, run_id: str) -> dict:
-    model, transform = serving_model(prepared, trained)
+    model, transform, _ = serving_model(prepared, trained)
     served, targets = served_outputs(model, batch_source(prepared, transform, "test", batch_size=1024))
     target = transform.target
-    plot = Path(prepared.arrays).with_name("test_plot.png")
+    work = Path(prepared.arrays).parent
     if target["task"] == "regression":
         truth = targets.double() * target["std"] + target["mean"]
         metrics = evaluation.test_metrics("regression", served, truth)
+        plot = work / "predicted_vs_true.png"
         evaluation.plot_predicted_vs_true(served.reshape(-1).numpy(), truth.numpy(), plot)
-        artifact = "predicted_vs_true.png"
     else:
         metrics = evaluation.test_metrics("classification", served, targets)
+        plot = work / "confusion_matrix.png"
         evaluation.plot_confusion_matrix(evaluation.confusion_matrix(served, targets), target["classes"], plot)
-        artifact = "confusion_matrix.png"
     tracking.log_metrics(run_id, metrics)
-    renamed = plot.with_name(artifact)
-    plot.rename(renamed)
-    tracking.configure().log_artifact(run_id, str(renamed), "evaluate")
+    tracking.configure().log_artifact(run_id, str(plot), "evaluate")
 
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     get_run_logger().info(f"test split: {summary}")

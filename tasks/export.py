@@ -1,6 +1,5 @@
 """export: ONNX with a dynamic batch axis, checked against torch with ONNX Runtime on real test rows, logged as an
 MLflow model with signature and input example, and written as the self-contained model file."""
-import json
 from pathlib import Path
 
 import mlflow.onnx
@@ -10,7 +9,6 @@ from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models import load_network
 from serving.bundle import save_bundle
 from serving.export import INPUT_NAMES, export_onnx, parity
 from tasks import tracking
@@ -25,7 +23,7 @@ EXAMPLE_ROWS = 5
 def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, run_info: dict,
            metrics: dict) -> Exported:
     logger = get_run_logger()
-    model, transform = serving_model(prepared, trained)
+    model, transform, saved = serving_model(prepared, trained)
     test_inputs = model_inputs(prepared, transform, "test")
     data_type = transform.state.get("data_type", "tabular")
     output_name = "value" if transform.target["task"] == "regression" else "probabilities"
@@ -34,7 +32,6 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
     tracking.log_metrics(run_id, {"export_max_abs_diff": max_diff})
     logger.info(f"ONNX export matches torch within {max_diff:.2e} on {len(test_inputs)} test rows")
 
-    _, saved = load_network(trained.network)
     bundle = save_bundle(
         Path(prepared.arrays).with_name("model.pth"), onnx_bytes=onnx_bytes,
         data_type=data_type, task=transform.target["task"], preprocessing=transform.state,

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from models import build_model, save_network, transfer
 from models.config import ModelConfig
 from preprocessing.errors import DataError
+from preprocessing.image import ImageTransform
 from serving.bundle import load_bundle
 from tasks import tracking
 from tasks.inputs import batch_source, input_size, load_transform
@@ -102,7 +103,7 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     if warning:
         logger.warning(warning)
     transform = load_transform(prepared)
-    workers = getattr(getattr(transform, "config", None), "workers", 0)
+    workers = transform.config.workers if isinstance(transform, ImageTransform) else 0
     stopping = config.early_stopping
     mlflow_logger = MlflowEpochLogger(run_id)
     callbacks = [mlflow_logger, EpochSummary(logger.info), ModelCheckpoint(checkpoint_dir, logger.info)]

@@ -1,6 +1,5 @@
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import f1_score, r2_score, roc_auc_score
