@@ -4,6 +4,7 @@
     python train.py --data iris.csv --target species --model_fn m.pth --n_epochs 30 --scheduler CosineAnnealingLR
     python train.py --config configs/wine.yaml --model_fn m.pth
     python train.py --data photos/ --data_type image --model_fn m.pth --n_epochs 10
+    python train.py --data sample:reviews --data_type text --encoder lstm --model_fn t.pth
 """
 import argparse
 import logging
@@ -16,6 +17,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 FLAGS = {
     "data": ("data", "source"), "target": ("data", "target"), "task": ("data", "task"),
     "format": ("data", "format"), "data_type": ("data", "data_type"),
+    "text_column": ("text", "text_column"), "max_len": ("text", "max_len"), "min_freq": ("text", "min_freq"),
+    "max_vocab": ("text", "max_vocab"), "tokenizer": ("text", "tokenizer"), "encoder": ("model", "encoder"),
+    "embedding_dim": ("model", "embedding_dim"), "encoding_errors": ("data", "encoding_errors"),
     "image_size": ("image", "image_size"), "channels": ("image", "channels"), "workers": ("image", "workers"),
     "pretrained": ("model", "pretrained"), "freeze_features": ("model", "freeze_features"),
     "model_type": ("model", "type"),
@@ -32,18 +36,30 @@ FLAGS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a model through train-flow (Prefect) with MLflow tracking.")
-    p.add_argument("--config", help="YAML file with sections data, split, preprocess, image, model, train, export")
+    p.add_argument("--config", help="YAML file with sections data, split, preprocess, image, text, model, train, "
+                   "export")
     p.add_argument("--model_fn", help="where to write the model file (.pth; the .onnx goes beside it)")
-    p.add_argument("--data", help="path, http(s)/file URL or sklearn:wine|breast_cancer|diabetes|iris")
+    p.add_argument("--data", help="path, http(s)/file URL, sklearn:wine|breast_cancer|diabetes|iris|digits or "
+                   "sample:reviews")
     p.add_argument("--target", help="target column")
     p.add_argument("--task", choices=["auto", "classification", "regression"])
     p.add_argument("--format", choices=["auto", "csv", "parquet", "json"])
-    p.add_argument("--data_type", choices=["tabular", "image"], help="image: a folder with one sub-folder per "
-                   "class, a manifest, a .zip/.tar.gz, or sklearn:digits")
+    p.add_argument("--data_type", choices=["tabular", "image", "text"], help="image: a folder with one sub-folder "
+                   "per class, a manifest, a .zip/.tar.gz, or sklearn:digits; text: a table with a text column, or "
+                   "sample:reviews")
+    p.add_argument("--text_column", help="text: the column holding the texts (default 'text')")
+    p.add_argument("--tokenizer", choices=["word", "char_ngram"], help="text: word boundaries or character n-grams")
+    p.add_argument("--min_freq", type=int, help="text: tokens seen fewer times in the train split become <unk>")
+    p.add_argument("--max_vocab", type=int, help="text: most frequent tokens kept")
+    p.add_argument("--max_len", type=int, help="text: tokens per text (default: 95th percentile of the train split)")
+    p.add_argument("--encoder", choices=["mean", "cnn", "lstm", "gru", "transformer"], help="text model encoder")
+    p.add_argument("--embedding_dim", type=int, help="text: token embedding width")
+    p.add_argument("--encoding_errors", choices=["error", "replace"], help="bytes that are not UTF-8 in the data "
+                   "file: stop with the line, or replace them and count")
     p.add_argument("--image_size", type=int, help="side of the square images the model sees")
     p.add_argument("--channels", type=int, choices=[1, 3])
     p.add_argument("--workers", type=int, help="DataLoader worker processes for image augmentation")
-    p.add_argument("--model_type", choices=["auto", "mlp", "cnn"])
+    p.add_argument("--model_type", choices=["auto", "mlp", "cnn", "text"])
     p.add_argument("--pretrained", help="start from a torchyard model: a .pth file or models:/name/version")
     p.add_argument("--freeze_features", action="store_true", default=None, help="with --pretrained: train the head only")
     p.add_argument("--gpu_id", type=int, help="-1 for CPU, N for cuda:N")

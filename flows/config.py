@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.config import ModelConfig
-from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig
+from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig
 from preprocessing.errors import TorchyardError
 from preprocessing.sources import dataset_name
 from training.config import TrainerConfig
@@ -34,6 +34,7 @@ class RunConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     preprocess: TabularConfig = Field(default_factory=TabularConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainerConfig = Field(default_factory=TrainerConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -44,9 +45,12 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _model_fits_data(self):
         self.model = self.model.resolved(self.data.data_type)
-        wanted = "cnn" if self.data.data_type == "image" else "mlp"
+        wanted = {"image": "cnn", "text": "text"}.get(self.data.data_type, "mlp")
         if self.model.type != wanted and not self.model.pretrained:
             raise ValueError(f"model.type {self.model.type} cannot take {self.data.data_type} data; use {wanted}")
+        if self.data.data_type == "text" and self.model.pretrained:
+            raise ValueError("model.pretrained is not offered for text models: a new vocabulary would not match "
+                             "the pretrained embedding")
         if self.data.data_type == "image" and self.data.task == "regression":
             raise ValueError("image data supports classification only (data.task)")
         return self
@@ -76,5 +80,6 @@ def load_config_file(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data, split, preprocess, model, train, export)")
+        raise ConfigError(f"{path} must hold a mapping of sections (data, split, preprocess, image, text, model, "
+                          "train, export)")
     return loaded

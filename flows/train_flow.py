@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_UI_URL  # noqa: E402
 
 from flows.config import ExportConfig, RunConfig  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig  # noqa: E402
+from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
 from preprocessing.errors import user_facing  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
@@ -45,6 +45,7 @@ def train_flow(
     split: SplitConfig = SplitConfig(),
     preprocess: TabularConfig = TabularConfig(),
     image: ImageConfig = ImageConfig(),
+    text: TextConfig = TextConfig(),
     model: ModelConfig = ModelConfig(),
     train: TrainerConfig = TrainerConfig(),
     export: ExportConfig = ExportConfig(),
@@ -52,8 +53,8 @@ def train_flow(
     seed: int = 42,
     model_fn: str | None = None,
 ) -> dict:
-    config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, model=model, train=train,
-                       export=export, experiment=experiment, seed=seed, model_fn=model_fn)
+    config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model,
+                       train=train, export=export, experiment=experiment, seed=seed, model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
     work_dir = work_root() / run_key
@@ -71,9 +72,9 @@ def train_flow(
             collect = collect_task.with_options(retries=config.data.read_retries,
                                                 retry_delay_seconds=config.data.retry_delay_seconds)
             snapshot = collect(config.data, config.image, run_id, work_dir)
-            validated = validate_task(snapshot, config.data, config.image, run_id)
+            validated = validate_task(snapshot, config.data, config.image, config.text, run_id)
             splits = split_task(validated, config.split, config.seed, run_id)
-            prepared = preprocess_task(validated, splits, config.preprocess, config.image, run_id)
+            prepared = preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id)
             trained = train_task(prepared, config.model, config.train, config.seed, run_id, work_dir / "checkpoints")
             metrics = evaluate_task(prepared, trained, run_id)
             run_info = {"run_id": run_id, "experiment": config.experiment_name, "flow_run_id": run_key,

@@ -5,10 +5,11 @@ from torch import nn
 from models.cnn import CNN
 from models.config import ModelConfig
 from models.mlp import MLP
+from models.text import TextNet
 
 
 def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Module:
-    """input_size: features for an MLP, image channels for a CNN."""
+    """input_size: features for an MLP, image channels for a CNN, vocabulary size for a text model."""
     if config.type == "mlp":
         return MLP(input_size, output_size, n_layers=config.n_layers, hidden_size=config.hidden_size,
                    activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout)
@@ -16,6 +17,11 @@ def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Mo
         return CNN(input_size, output_size, config.channels(), kernel_size=config.kernel_size, stride=config.stride,
                    padding=config.padding, pool=config.pool, activation=config.activation,
                    batch_norm=config.batch_norm, hidden_size=config.hidden_size, dropout=config.dropout)
+    if config.type == "text":
+        return TextNet(input_size, output_size, encoder=config.encoder, embedding_dim=config.embedding_dim,
+                       hidden_size=config.hidden_size, n_layers=config.n_layers, kernel_size=config.kernel_size,
+                       activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout,
+                       n_heads=config.n_heads, max_positions=config.max_positions)
     raise ValueError(f"model type {config.type!r} must be resolved (ModelConfig.resolved) before building")
 
 

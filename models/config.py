@@ -1,15 +1,16 @@
 """Typed configuration of the network."""
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["auto", "mlp", "cnn"] = Field("auto", description="auto: mlp for tables, cnn for images.")
+    type: Literal["auto", "mlp", "cnn", "text"] = Field("auto", description="auto: mlp for tables, cnn for images, "
+                                                       "text for texts.")
     n_layers: int = Field(3, ge=1, description="mlp: Linear layers in all (n_layers-1 hidden blocks, then the output "
-                          "layer); cnn: convolution blocks.")
+                          "layer); cnn: convolution blocks; text: the encoder's depth (see encoder).")
     hidden_size: int = Field(64, ge=1, description="mlp: hidden width; cnn: width of the hidden fully connected layer.")
     activation: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"] = "relu"
     batch_norm: bool = True
@@ -21,6 +22,16 @@ class ModelConfig(BaseModel):
     stride: int = Field(1, ge=1)
     padding: int | None = Field(None, ge=0, description="Default kernel_size // 2 (same size at stride 1).")
     pool: Literal["max", "avg", "none"] = "max"
+    # text
+    encoder: Literal["mean", "cnn", "lstm", "gru", "transformer"] = Field(
+        "mean", description="text: mean = masked mean of the embeddings then n_layers-1 hidden layers (fastText-like); "
+        "cnn = n_layers Conv1d blocks then masked max pooling; lstm/gru = n_layers bidirectional layers of "
+        "hidden_size per direction; transformer = n_layers encoder layers (n_heads, feed-forward hidden_size) "
+        "with learned positions. All but cnn end in masked mean pooling.")
+    embedding_dim: int = Field(64, ge=1, description="text: token embedding width (transformer: d_model).")
+    n_heads: int = Field(4, ge=1, description="text transformer: attention heads (must divide embedding_dim).")
+    max_positions: int = Field(512, ge=1, description="text transformer: learned positions; later tokens share the "
+                               "last one (text.max_len is usually shorter).")
     # transfer learning
     pretrained: str | None = Field(None, description="Start from a torchyard model: a .pth model file or a registry "
                                    "URI (models:/name/version or models:/name@alias). Its architecture and feature "
@@ -34,4 +45,11 @@ class ModelConfig(BaseModel):
         """This config with type 'auto' replaced by the model type for the data type."""
         if self.type != "auto":
             return self
-        return self.model_copy(update={"type": "cnn" if data_type == "image" else "mlp"})
+        return self.model_copy(update={"type": {"image": "cnn", "text": "text"}.get(data_type, "mlp")})
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.type == "text" and self.encoder == "transformer" and self.embedding_dim % self.n_heads:
+            raise ValueError(f"model.embedding_dim {self.embedding_dim} must be divisible by model.n_heads "
+                             f"{self.n_heads} for the transformer encoder")
+        return self

@@ -14,13 +14,15 @@ class DataConfig(_Section):
         "sklearn:wine",
         description="Local path, http(s):// or file:// URL of a CSV/Parquet/JSON-lines file, or a bundled sample: "
         "sklearn:wine, sklearn:breast_cancer, sklearn:diabetes, sklearn:iris. Images: a folder with one sub-folder "
-        "per class, a CSV/Parquet manifest (path and label columns), a .zip/.tar.gz of either, or sklearn:digits.",
+        "per class, a CSV/Parquet manifest (path and label columns), a .zip/.tar.gz of either, or sklearn:digits. "
+        "Text: a table with a text column, or the bundled sample:reviews (Korean/English/emoji reviews).",
     )
-    data_type: Literal["tabular", "image"] = "tabular"
+    data_type: Literal["tabular", "image", "text"] = "tabular"
     format: Literal["auto", "csv", "parquet", "json"] = Field(
         "auto", description="File format; auto guesses from the file name and falls back to CSV."
     )
-    target: str | None = Field(None, description="Target column; default 'target' (tables), 'label' (image manifests).")
+    target: str | None = Field(None, description="Target column; default 'target' (tables), 'label' (image manifests "
+                               "and text tables).")
     task: Literal["auto", "classification", "regression"] = Field(
         "auto",
         description="auto: classification for text/bool targets and integer targets with few distinct values.",
@@ -29,9 +31,12 @@ class DataConfig(_Section):
     ignore: list[str] = Field(default_factory=list, description="Columns to leave out (ids, timestamps...).")
     read_retries: int = Field(3, ge=0, description="Retries for transient errors reading a URL.")
     retry_delay_seconds: float = Field(2.0, ge=0)
+    encoding_errors: Literal["error", "replace"] = Field(
+        "error", description="Bytes that are not valid UTF-8 in a CSV/JSON file: error names the line; replace "
+        "substitutes U+FFFD and logs how many were replaced.")
 
     def target_column(self) -> str:
-        return self.target or ("label" if self.data_type == "image" else "target")
+        return self.target or ("target" if self.data_type == "tabular" else "label")
 
 
 class SplitConfig(_Section):
@@ -96,3 +101,32 @@ class ImageConfig(_Section):
             return self.augment
         return [{"name": "RandomCrop", "height": self.image_size, "width": self.image_size, "pad_if_needed": True},
                 {"name": "HorizontalFlip", "p": 0.5}]
+
+
+class TextConfig(_Section):
+    """Text preprocessing (data.data_type: text): cleaning, tokenization and the vocabulary, fitted on the train
+    split. Cleaning runs as a Hugging Face `tokenizers` normalizer, so it is saved with the tokenizer and applied
+    identically by predict and serve. Placeholders: xxurl, xxemail, xxnum."""
+
+    text_column: str = Field("text", description="Column holding the texts.")
+    normalize: Literal["nfkc", "none"] = Field("nfkc", description="Unicode normalisation (full-width to ASCII, "
+                                               "compatibility jamo, ligatures...).")
+    lowercase: bool = True
+    strip_html: bool = Field(True, description="Remove <tags>.")
+    urls: Literal["replace", "remove", "keep"] = Field("replace", description="replace: the token xxurl.")
+    emails: Literal["replace", "remove", "keep"] = Field("replace", description="replace: the token xxemail.")
+    numbers: Literal["replace", "remove", "keep"] = Field("replace", description="replace: the token xxnum.")
+    remove_punctuation: bool = Field(True, description="Remove Unicode punctuation (category P). Letters of every "
+                                     "script, symbols and emoji are kept.")
+    tokenizer: Literal["word", "char_ngram"] = Field(
+        "word", description="word: Unicode word boundaries (letters/digits runs; runs of other symbols such as "
+        "emoji are tokens too); char_ngram: overlapping character n-grams within each word, for text without spaces.")
+    ngram: int = Field(2, ge=1, le=6, description="char_ngram: n-gram length.")
+    min_freq: int = Field(2, ge=1, description="Tokens seen fewer times in the train split become <unk>.")
+    max_vocab: int = Field(20000, ge=1, description="Most frequent tokens kept (besides <pad> and <unk>).")
+    max_len: int | None = Field(None, ge=1, description="Tokens per text after truncation; default: the "
+                                "max_len_percentile of the train split's lengths, at most max_len_cap.")
+    max_len_percentile: float = Field(95.0, gt=0, le=100)
+    max_len_cap: int = Field(256, ge=1)
+    max_chars: int = Field(20000, ge=1, description="Texts are cut to this many characters before cleaning, so an "
+                           "enormous text costs no more than a long one.")

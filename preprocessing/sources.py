@@ -16,6 +16,7 @@ from preprocessing.errors import DataError
 
 SAMPLE_PREFIX = "sklearn:"
 SAMPLES = ("wine", "breast_cancer", "diabetes", "iris")
+TEXT_SAMPLE = "sample:reviews"  # preprocessing/samples.py
 _PARQUET_MAGIC = b"PAR1"
 _SUFFIX_FORMATS = {
     ".csv": "csv", ".tsv": "csv", ".txt": "csv",
@@ -32,16 +33,22 @@ def is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https", "file")
 
 
-def read_table(source: str, fmt: str = "auto", timeout: float = 30.0) -> pd.DataFrame:
-    """Read `source` (path, URL or sklearn:NAME) into a DataFrame with at least one row."""
+def read_table(source: str, fmt: str = "auto", timeout: float = 30.0, encoding_errors: str = "error") -> pd.DataFrame:
+    """Read `source` (path, URL, sklearn:NAME or sample:reviews) into a DataFrame with at least one row.
+
+    encoding_errors="replace" turns bytes that are not UTF-8 into U+FFFD; their count is in frame.attrs."""
     if source.startswith(SAMPLE_PREFIX):
         return load_sample(source[len(SAMPLE_PREFIX):])
+    if source == TEXT_SAMPLE:
+        from preprocessing.samples import reviews
+
+        return reviews()
     name = source
     raw = fetch(source, timeout) if is_url(source) and urlparse(source).scheme != "file" else _read_local(source)
     if not raw:
         raise DataError(f"{name} is empty (0 bytes); expected a CSV, Parquet or JSON-lines table")
     fmt = _guess_format(name, raw) if fmt == "auto" else fmt
-    frame = _parse(name, raw, fmt)
+    frame = _parse(name, raw, fmt, encoding_errors)
     if len(frame.columns) == 0:
         raise DataError(f"{name} has no columns; expected a header row naming the columns")
     if len(frame) == 0:
@@ -98,7 +105,7 @@ def _guess_format(name: str, raw: bytes) -> str:
     return _SUFFIX_FORMATS.get(suffix, "csv")
 
 
-def _parse(name: str, raw: bytes, fmt: str) -> pd.DataFrame:
+def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> pd.DataFrame:
     if fmt == "parquet":
         try:
             return pd.read_parquet(io.BytesIO(raw))
@@ -106,11 +113,23 @@ def _parse(name: str, raw: bytes, fmt: str) -> pd.DataFrame:
             raise DataError(f"{name} could not be read as Parquet: {exc}") from exc
     if b"\x00" in raw[:8192]:
         raise DataError(f"{name} does not look like a {fmt.upper()} file: it contains binary data")
+    replaced = 0
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{name} is not valid UTF-8 text: line {line} has the byte {raw[exc.start]:#04x}") from exc
+        if encoding_errors != "replace":
+            line = raw[: exc.start].count(b"\n") + 1
+            row = f" (data row {line - 1})" if fmt == "csv" and line > 1 else ""
+            raise DataError(f"{name} is not valid UTF-8 text: line {line}{row} has the byte {raw[exc.start]:#04x}; "
+                            "re-save the file as UTF-8 or set data.encoding_errors: replace") from exc
+        text = raw.decode("utf-8-sig", errors="replace")
+        replaced = text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
+    frame = _parse_text(name, text, fmt)
+    frame.attrs["replaced_characters"] = replaced
+    return frame
+
+
+def _parse_text(name: str, text: str, fmt: str) -> pd.DataFrame:
     if fmt == "json":
         return _parse_json(name, text)
     sep = "\t" if name.lower().endswith(".tsv") else ","
@@ -136,6 +155,8 @@ def dataset_name(source: str) -> str:
     """A short name for runs and experiments: 'sklearn:wine' -> 'wine', 'data/iris.csv' -> 'iris'."""
     if source.startswith(SAMPLE_PREFIX):
         return source[len(SAMPLE_PREFIX):]
+    if source == TEXT_SAMPLE:
+        return "reviews"
     stem = Path(urlparse(source).path).name.split(".")[0]
     return stem or "dataset"
 

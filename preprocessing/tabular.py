@@ -10,6 +10,7 @@ import pandas as pd
 
 from preprocessing.config import TabularConfig
 from preprocessing.errors import DataError
+from preprocessing.targets import TargetCodec, fit_target
 from preprocessing.validate import TableSchema
 
 MISSING = "__missing__"
@@ -39,7 +40,7 @@ def fit(train: pd.DataFrame, schema: TableSchema, config: TabularConfig) -> dict
         "numeric": [_fit_numeric(rows[c], c, config) for c in numeric],
         "categorical": [_fit_categorical(rows[c], c, config) for c in categorical],
         "dropped_columns": dropped,
-        "target": _fit_target(rows[schema.target], schema, config),
+        "target": fit_target(rows[schema.target], schema.target, schema.task, schema.classes, config.scale_target),
     }
     state["feature_names"] = _feature_names(state)
     return state
@@ -83,14 +84,6 @@ def _fit_categorical(values: pd.Series, name: str, config: TabularConfig) -> dic
     return {"name": name, "fill": fill, "categories": [k for k, _ in ranked[: config.max_categories]]}
 
 
-def _fit_target(values: pd.Series, schema: TableSchema, config: TabularConfig) -> dict:
-    target = {"name": schema.target, "task": schema.task, "classes": list(schema.classes), "mean": 0.0, "std": 1.0}
-    if schema.task == "regression" and config.scale_target:
-        std = float(values.std(ddof=0))
-        target.update(mean=float(values.mean()), std=std if std > 0 else 1.0)
-    return target
-
-
 def _feature_names(state: dict) -> list[str]:
     names = [n["name"] for n in state["numeric"]]
     for column in state["categorical"]:
@@ -107,7 +100,7 @@ def _as_text(values: pd.Series) -> pd.Series:
     return out.map(lambda v: None if v is None else str(v))
 
 
-class TabularTransform:
+class TabularTransform(TargetCodec):
     """Applies a fitted state to rows. Used for val/test during training and for prediction."""
 
     def __init__(self, state: dict):
@@ -120,13 +113,6 @@ class TabularTransform:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
-
-    @property
-    def n_outputs(self) -> int:
-        classes = self.target["classes"]
-        if self.target["task"] == "regression":
-            return 1
-        return 1 if len(classes) == 2 else len(classes)
 
     def features(self, frame: pd.DataFrame, name: str = "input") -> np.ndarray:
         """float32 matrix [rows, n_features]; nulls imputed, unknown categories to the unknown bucket."""
@@ -167,26 +153,6 @@ class TabularTransform:
         onehot = np.zeros((len(column), len(categories) + 1), dtype=np.float64)
         onehot[np.arange(len(column)), codes] = 1.0
         return onehot
-
-    def encode_target(self, values: pd.Series) -> np.ndarray:
-        """Class indices (int64) for classification, the scaled value (float32) for regression."""
-        if self.target["task"] == "regression":
-            y = (values.to_numpy(dtype="float64") - self.target["mean"]) / self.target["std"]
-            return y.astype(np.float32)
-        index = {c: i for i, c in enumerate(self.target["classes"])}
-        plain = [v.item() if hasattr(v, "item") else v for v in values]
-        unknown = [v for v in plain if v not in index]
-        if unknown:
-            raise DataError(f"target '{self.target['name']}' has the value {unknown[0]!r}, which is not among "
-                            f"the training classes {self.target['classes']}")
-        return np.array([index[v] for v in plain], dtype=np.int64)
-
-    def decode_predictions(self, outputs: np.ndarray) -> tuple[list, np.ndarray | None]:
-        """Model outputs (class probabilities, or the unscaled regression value) -> labels and probabilities."""
-        if self.target["task"] == "regression":
-            return outputs.reshape(-1).astype(float).tolist(), None
-        classes = self.target["classes"]
-        return [classes[i] for i in outputs.argmax(axis=1)], outputs
 
     def describe(self) -> dict:
         """Flat parameters worth logging (prefixed by the caller)."""

@@ -9,7 +9,8 @@ import torch
 
 from preprocessing.errors import TorchyardError
 
-INPUT_NAMES = {"tabular": "features", "image": "images"}  # float32 [batch, n_features] / [batch, C, H, W]
+# float32 [batch, n_features] / float32 [batch, C, H, W] / int64 [batch, tokens], 0-padded
+INPUT_NAMES = {"tabular": "features", "image": "images", "text": "token_ids"}
 
 
 class ExportError(TorchyardError):
@@ -17,13 +18,20 @@ class ExportError(TorchyardError):
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, output_name: str, input_name: str = "features") -> bytes:
-    """Serialised ONNX model taking float32 `input_name` with a dynamic batch axis, returning `output_name`."""
+    """Serialised ONNX model taking `input_name` with a dynamic batch axis, returning `output_name`. Integer
+    inputs (token ids [batch, tokens]) keep their dtype and get a dynamic sequence axis too."""
     model = model.eval().cpu()
-    example = example[: max(2, min(len(example), 8))].float().cpu()  # batch >= 2: a size-1 axis is specialised
-    batch = torch.export.Dim("batch")
+    example = example[: max(2, min(len(example), 8))].cpu()  # batch >= 2: a size-1 axis is specialised
+    axes = {0: torch.export.Dim("batch")}
+    if example.dtype.is_floating_point:
+        example = example.float()
+    else:
+        if example.shape[1] < 2:  # likewise for the sequence axis
+            example = torch.nn.functional.pad(example, (0, 2 - example.shape[1]))
+        axes[1] = torch.export.Dim("tokens")
     with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=[input_name],
+        program = torch.onnx.export(model, (example,), dynamic_shapes=(axes,), input_names=[input_name],
                                     output_names=[output_name], verbose=False)
     buffer = io.BytesIO()
     program.save(buffer)
@@ -33,9 +41,11 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, output_name: str,
 def parity(onnx_bytes: bytes, model: torch.nn.Module, features: np.ndarray, tolerance: float) -> float:
     """Max |ONNX Runtime - torch| over `features`; ExportError above `tolerance`."""
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: features.astype(np.float32)})
+    if np.issubdtype(features.dtype, np.floating):
+        features = features.astype(np.float32)
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: features})
     with torch.no_grad():
-        torch_out = model.eval().cpu()(torch.from_numpy(features.astype(np.float32))).numpy()
+        torch_out = model.eval().cpu()(torch.from_numpy(features)).numpy()
     diff = float(np.max(np.abs(onnx_out - torch_out))) if onnx_out.size else 0.0
     if not diff <= tolerance:
         raise ExportError(f"the ONNX model differs from the torch model by up to {diff:.3g} on {len(features)} test "

@@ -1,4 +1,5 @@
-"""Inference on ONNX Runtime from a model file: raw rows or image files in, labels and probabilities out.
+"""Inference on ONNX Runtime from a model file: raw rows (tables, texts) or image files in, labels and
+probabilities out.
 
 predict.py and the REST API both go through Predictor, so there is one inference path to test.
 """
@@ -8,17 +9,17 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from preprocessing.image import ImageTransform
-from preprocessing.tabular import TabularTransform
+from preprocessing.transforms import transform_for
 from serving.bundle import load_bundle
+
+TEXT_BATCH = 1024
 
 
 class Predictor:
     def __init__(self, bundle: dict):
         self.bundle = bundle
         self.data_type = bundle.get("data_type", "tabular")
-        state = bundle["preprocessing"]
-        self.transform = ImageTransform(state) if self.data_type == "image" else TabularTransform(state)
+        self.transform = transform_for(bundle["preprocessing"])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(bundle["onnx"], options, providers=["CPUExecutionProvider"])
@@ -37,10 +38,14 @@ class Predictor:
         return out
 
     def predict(self, frame: pd.DataFrame, name: str = "input") -> pd.DataFrame:
-        """Tables: one row per input row, in input order: `prediction` (original label or value) and, for
+        """Tables and texts: one row per input row, in input order: `prediction` (original label or value) and, for
         classification, `proba_<class>` per class. The target column, if present, is ignored."""
         if len(frame) == 0:
             return pd.DataFrame({"prediction": []})
+        if self.data_type == "text":  # batches bound the memory of [rows, tokens, width] activations
+            outputs = [self.outputs(self.transform.features(frame.iloc[i:i + TEXT_BATCH], name))
+                       for i in range(0, len(frame), TEXT_BATCH)]
+            return self._table(np.concatenate(outputs), frame.index)
         return self._table(self.outputs(self.transform.features(frame, name)), frame.index)
 
     def predict_images(self, paths: list[str], batch_size: int = 256) -> pd.DataFrame:

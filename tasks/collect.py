@@ -61,8 +61,12 @@ def _read(config: DataConfig, image_config: ImageConfig, work_dir: Path) -> tupl
         listing = image.list_images(location, image_config, config.target_column())
         return (listing, image.fingerprint_files(listing, location, config.target_column()),
                 f"found {len(listing)} image files in {location}")
-    frame = read_table(config.source, config.format)
-    return frame, fingerprint(frame), f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source}"
+    frame = read_table(config.source, config.format, encoding_errors=config.encoding_errors)
+    summary = f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source}"
+    if frame.attrs.get("replaced_characters"):
+        summary += (f"; {frame.attrs['replaced_characters']} invalid UTF-8 byte sequence(s) replaced by U+FFFD "
+                    "(data.encoding_errors: replace)")
+    return frame, fingerprint(frame), summary
 
 
 @task(name="collect", cache_policy=NO_CACHE, retry_condition_fn=_transient)
@@ -78,12 +82,14 @@ def collect(config: DataConfig, image_config: ImageConfig, run_id: str, work_dir
         raise
     path = Path(work_dir) / "snapshot.parquet"
     frame.to_parquet(path, index=False)
-    logger.info(f"{summary} (fingerprint {digest})")
+    (logger.warning if frame.attrs.get("replaced_characters") else logger.info)(f"{summary} (fingerprint {digest})")
 
     client = tracking.configure()
     client.log_inputs(run_id, datasets=[DatasetInput(_dataset_entity(frame, config, digest),
                                                      tags=[InputTag("mlflow.data.context", "training")])])
     tracking.log_params(run_id, "collect", {"source": config.source, "rows": len(frame),
                                             "columns": len(frame.columns)})
+    if frame.attrs.get("replaced_characters"):
+        tracking.log_metrics(run_id, {"collect_replaced_characters": frame.attrs["replaced_characters"]})
     tracking.set_tags(run_id, {"data_fingerprint": digest, "dataset": dataset_name(config.source)})
     return Snapshot(path, config.source, digest, len(frame))

@@ -9,20 +9,25 @@ import torch
 from preprocessing.image import ImageTransform
 from preprocessing.image_loader import ImageData
 from preprocessing.tabular import TabularTransform
+from preprocessing.text import TextTransform
+from preprocessing.transforms import transform_for
 from tasks.steps import Prepared
-from training.data import TensorData
+from training.data import TensorData, TokenData
 
 PARITY_ROWS = 512
 
 
-def load_transform(prepared: Prepared) -> TabularTransform | ImageTransform:
-    state = json.loads(Path(prepared.state_path).read_text())
-    return ImageTransform(state) if state.get("data_type") == "image" else TabularTransform(state)
+def load_transform(prepared: Prepared) -> TabularTransform | ImageTransform | TextTransform:
+    return transform_for(json.loads(Path(prepared.state_path).read_text()))
 
 
 def input_size(transform) -> int:
-    """What build_model takes as input_size: feature count (MLP) or image channels (CNN)."""
-    return transform.config.channels if isinstance(transform, ImageTransform) else transform.n_features
+    """What build_model takes as input_size: feature count (MLP), image channels (CNN) or vocabulary size."""
+    if isinstance(transform, ImageTransform):
+        return transform.config.channels
+    if isinstance(transform, TextTransform):
+        return transform.vocab_size
+    return transform.n_features
 
 
 def batch_source(prepared: Prepared, transform, split: str, batch_size: int, workers: int = 0):
@@ -30,11 +35,13 @@ def batch_source(prepared: Prepared, transform, split: str, batch_size: int, wor
     targets = arrays[f"{split}_targets"]
     if isinstance(transform, ImageTransform):
         return ImageData(prepared.cache, arrays[f"{split}_rows"], targets, transform, batch_size, workers)
+    if isinstance(transform, TextTransform):
+        return TokenData(torch.from_numpy(arrays[f"{split}_ids"]), torch.from_numpy(targets), batch_size)
     return TensorData(torch.from_numpy(arrays[f"{split}_features"]), torch.from_numpy(targets), batch_size)
 
 
 def model_inputs(prepared: Prepared, transform, split: str, limit: int = PARITY_ROWS) -> np.ndarray:
-    """The first `limit` rows of a split exactly as the model receives them (float32)."""
+    """The first `limit` rows of a split exactly as the model receives them (float32, or int64 token ids)."""
     source = batch_source(prepared, transform, split, batch_size=limit)
     inputs, _ = next(iter(source.ordered()))
     return inputs[:limit].cpu().contiguous().numpy()

@@ -2,7 +2,8 @@
 
 Tables: imputation, scaling and encoding, applied to every split and written as arrays. Images: normalisation
 statistics from the train split and the albumentations pipelines (serialised); the images stay in the cache and
-are augmented while training."""
+are augmented while training. Texts: cleaning steps, vocabulary (min_freq, max_vocab) and max_len from the train
+split; every split written as 0-padded token ids."""
 import json
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from preprocessing import image, tabular
-from preprocessing.config import ImageConfig, TabularConfig
+from preprocessing import image, tabular, text
+from preprocessing.config import ImageConfig, TabularConfig, TextConfig
+from preprocessing.targets import fit_target
 from preprocessing.validate import TableSchema
 from tasks import tracking
 from tasks.steps import Prepared, Splits, Validated
@@ -53,9 +55,35 @@ def _image(parts: dict, schema: TableSchema, config: ImageConfig, cache: Path, r
                            f"mean {[round(m, 3) for m in state['mean']]}, std {[round(s, 3) for s in state['std']]}")
 
 
+def _text(parts: dict, schema: TableSchema, config: TextConfig, run_id: str, work: Path):
+    column, train = config.text_column, parts["train"]
+    target = fit_target(train[schema.target], schema.target, schema.task, schema.classes)
+    state, train_ids = text.fit(train[column], target, config)
+    transform = text.TextTransform(state)
+    arrays = {"train_ids": train_ids}
+    for name, part in parts.items():
+        if name != "train":
+            arrays[f"{name}_ids"] = transform.encode(part[column])
+        arrays[f"{name}_targets"] = transform.encode_target(part[schema.target])
+    stats = state["stats"]
+    val_unk = text.unk_share(arrays["val_ids"])
+    tracking.log_params(run_id, "preprocess", transform.describe())
+    tracking.log_metrics(run_id, {"vocab_size_before": stats["vocab_before"], "vocab_size_after": stats["vocab_after"],
+                                  "train_unk_share": stats["train_unk_share"], "val_unk_share": val_unk,
+                                  "train_truncated_share": stats["train_truncated_share"]})
+    examples = work / "cleaning_examples.csv"
+    sample = train[column].head(20)
+    pd.DataFrame({"raw": sample, "cleaned": text.clean(sample, config)}).to_csv(examples, index=False)
+    tracking.configure().log_artifact(run_id, str(examples), "preprocess")
+    return state, arrays, (f"vocabulary {stats['vocab_after']} tokens (of {stats['vocab_before']} in the train split, "
+                           f"min_freq {config.min_freq}, max_vocab {config.max_vocab}); max_len {state['max_len']} "
+                           f"({stats['train_truncated_share']:.1%} of train texts truncated); <unk> share "
+                           f"{stats['train_unk_share']:.1%} train, {val_unk:.1%} val")
+
+
 @task(name="preprocess", cache_policy=NO_CACHE)
 def preprocess(validated: Validated, splits: Splits, config: TabularConfig, image_config: ImageConfig,
-               run_id: str) -> Prepared:
+               text_config: TextConfig, run_id: str) -> Prepared:
     schema = TableSchema.from_dict(validated.schema)
     frame = pd.read_parquet(validated.path)
     rows = np.load(splits.path)
@@ -63,6 +91,8 @@ def preprocess(validated: Validated, splits: Splits, config: TabularConfig, imag
     work = Path(validated.path).parent
     if validated.cache is not None:
         state, arrays, summary = _image(parts, schema, image_config, validated.cache, run_id, work)
+    elif validated.data_type == "text":
+        state, arrays, summary = _text(parts, schema, text_config, run_id, work)
     else:
         state, arrays, summary = _tabular(parts, schema, config, run_id)
     np.savez(work / "arrays.npz", **arrays)

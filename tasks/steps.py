@@ -16,6 +16,7 @@ class Validated:
     path: Path
     schema: dict
     cache: Path | None = None  # images: the decoded uint8 cache, rows referenced by the 'cache_row' column
+    data_type: str = "tabular"
 
 
 @dataclass

@@ -7,8 +7,8 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from preprocessing import image
-from preprocessing.config import DataConfig, ImageConfig
+from preprocessing import image, text
+from preprocessing.config import DataConfig, ImageConfig, TextConfig
 from preprocessing.validate import validate_table
 from tasks import tracking
 from tasks.steps import Snapshot, Validated
@@ -33,7 +33,8 @@ def _decode(snapshot: Snapshot, listing: pd.DataFrame, config: ImageConfig, logg
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, run_id: str) -> Validated:
+def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, text_config: TextConfig,
+             run_id: str) -> Validated:
     logger = get_run_logger()
     frame = pd.read_parquet(snapshot.path)
     cache = None
@@ -47,6 +48,10 @@ def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, 
         frame, schema = image.check_decoded(frame, bad, config.target_column(), image_config.max_bad_fraction,
                                             snapshot.source)
         tracking.log_params(run_id, "validate", {"bad_files": len(bad)})
+    elif config.data_type == "text":
+        frame, schema = text.validate_texts(frame, config, text_config, snapshot.source)
+        tracking.log_params(run_id, "validate", {"text_column": text_config.text_column,
+                                                 "dropped_rows": snapshot.n_rows - schema.n_rows})
     else:
         frame, schema = validate_table(frame, config, snapshot.source)
     for note in schema.notes:
@@ -57,8 +62,8 @@ def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, 
         "target": schema.target, "task": schema.task, "n_classes": len(schema.classes),
         "numeric_columns": len(schema.numeric), "categorical_columns": len(schema.categorical),
         "rows": schema.n_rows})
-    inputs = ("images" if config.data_type == "image" else
-              f"rows, {len(schema.numeric)} numeric and {len(schema.categorical)} categorical feature(s)")
+    inputs = {"image": "images", "text": f"texts in '{text_config.text_column}'"}.get(
+        config.data_type, f"rows, {len(schema.numeric)} numeric and {len(schema.categorical)} categorical feature(s)")
     logger.info(f"{schema.task} on '{schema.target}': {schema.n_rows} {inputs}"
                 + (f", classes {schema.classes}" if schema.classes else ""))
-    return Validated(path, schema.to_dict(), cache)
+    return Validated(path, schema.to_dict(), cache, config.data_type)

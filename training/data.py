@@ -39,3 +39,25 @@ class TensorData:
         step = max(self.batch_size, EVAL_BATCH)
         for start in range(0, len(self), step):
             yield self.features[start:start + step], self.targets[start:start + step]
+
+
+class TokenData(TensorData):
+    """Token ids [n, max_len] (0-padded at the end) and targets; each batch is cut to its longest text, so a batch
+    of short texts costs little even when max_len is large."""
+
+    def to(self, device) -> "TokenData":
+        return TokenData(self.features.to(device), self.targets.to(device), self.batch_size)
+
+    @staticmethod
+    def _cut(ids: torch.Tensor) -> torch.Tensor:
+        used = int((ids != 0).sum(1).max()) if len(ids) else 1
+        return ids[:, :max(1, used)]
+
+    def epoch(self, generator: torch.Generator):
+        for ids, targets in super().epoch(generator):
+            yield self._cut(ids), targets
+
+    def ordered(self):
+        step = self.batch_size  # padding is per batch: big evaluation batches would pad to the longest text
+        for start in range(0, len(self), step):
+            yield self._cut(self.features[start:start + step]), self.targets[start:start + step]
