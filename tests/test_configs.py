@@ -6,7 +6,8 @@ from flows.config import RunConfig, load_config_file
 from tests.conftest import REPO
 
 DEPLOYMENTS = {"wine-classifier": "wine.yaml", "diabetes-regressor": "diabetes.yaml",
-               "breast-cancer-classifier": "breast_cancer.yaml", "digits-cnn": "digits.yaml"}
+               "breast-cancer-classifier": "breast_cancer.yaml", "digits-cnn": "digits.yaml",
+               "reviews-text": "reviews.yaml"}
 
 
 def prefect_yaml():
