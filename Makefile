@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop test test-fast bench bench-images mlflow-ui clean
+.PHONY: install demo stop test test-fast bench bench-images bench-text mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: install
 
 bench-images: install
 	$(PY) bench/bench_image_pipeline.py
+
+bench-text: install
+	$(PY) bench/bench_text_pipeline.py
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
