@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop test test-fast bench bench-images bench-text mlflow-ui clean
+.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: install
 stop:
 	$(PY) scripts/local_stack.py down
 
+# make serve MODEL=models:/wine-mlp@champion (default: wine-mlp, i.e. its @champion), or MODEL=path/to/m.pth
+MODEL ?= wine-mlp
+serve: install
+	$(PY) -m serving --model $(MODEL) --host 127.0.0.1 --port 8000
+
 test: install
 	$(PY) -m pytest
 
@@ -34,6 +39,9 @@ bench-images: install
 
 bench-text: install
 	$(PY) bench/bench_text_pipeline.py
+
+bench-serving: install
+	$(PY) bench/bench_serving.py
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

@@ -3,6 +3,7 @@ into a uint8 cache, albumentations pipelines built from config and saved with al
 and the transform that turns raw files into the float NCHW batches the model and its ONNX export take.
 """
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -130,15 +131,19 @@ def fingerprint_files(listing: pd.DataFrame, root: Path, label_column: str) -> s
 
 # ---------------------------------------------------------------- decoding
 
-def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
-    """Decode one file to uint8 [size, size, channels]: shorter side resized to `size`, then center-cropped.
-
-    Raises ValueError with a short reason for a file that is not a readable image."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
+def load_image(source: str | Path | bytes, channels: int, size: int) -> np.ndarray:
+    """Decode one file (a path, or its bytes) to uint8 [size, size, channels]: shorter side resized to `size`,
+    then center-cropped. Raises ValueError with a short reason for a file that is not a readable image."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ValueError("empty file (0 bytes)")
+        handle = io.BytesIO(source)
+    else:
+        handle = Path(source)
+        if handle.stat().st_size == 0:
+            raise ValueError("empty file (0 bytes)")
     try:
-        with Image.open(path) as image:
+        with Image.open(handle) as image:
             image.load()  # the whole decode: a truncated file fails here, not later
             pixels = _to_channels(image, channels)
     except UnidentifiedImageError:
@@ -303,14 +308,15 @@ class ImageTransform:
     def eval_crop(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.eval(image=im)["image"] for im in images]) if len(images) else images
 
-    def features(self, paths: list[str]) -> np.ndarray:
-        """Model inputs for raw image files; DataError naming the first file that cannot be read."""
+    def features(self, paths: list, names: list[str] | None = None) -> np.ndarray:
+        """Model inputs for raw image files (paths, or their bytes with `names`); DataError naming the first file
+        that cannot be read."""
         images = []
-        for path in paths:
+        for i, path in enumerate(paths):
             try:
                 images.append(load_image(path, self.config.channels, self.config.cache_size))
             except (ValueError, OSError) as exc:
-                raise DataError(f"cannot read image {path}: {exc}") from exc
+                raise DataError(f"cannot read image {names[i] if names else path}: {exc}") from exc
         cropped = self.eval_crop(np.stack(images))
         return self.normalize(torch.from_numpy(cropped)).numpy()
 

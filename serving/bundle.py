@@ -5,6 +5,7 @@ torch.load(weights_only=True): the preprocessing state, the label map, the netwo
 bytes, the config and the metrics. `x.onnx` is written beside it for tools such as Netron; the .pth copy is the
 one predict uses, so a single file can be moved around.
 """
+import json
 from pathlib import Path
 
 import torch
@@ -25,6 +26,35 @@ def save_bundle(path: str | Path, *, onnx_bytes: bytes, **contents) -> Path:
     torch.save({"format": FORMAT, "onnx": onnx_tensor, **contents}, path)
     path.with_suffix(".onnx").write_bytes(onnx_bytes)
     return path
+
+
+def onnx_metadata(data_type: str, task: str, preprocessing: dict, metrics: dict, run: dict) -> dict[str, str]:
+    """What goes into the .onnx file's metadata_props, so that the .onnx alone can be served."""
+    return {"torchyard.format": FORMAT, "torchyard.data_type": data_type, "torchyard.task": task,
+            "torchyard.preprocessing": json.dumps(preprocessing), "torchyard.metrics": json.dumps(metrics),
+            "torchyard.run": json.dumps({k: v for k, v in run.items() if k != "config"})}
+
+
+def load_model_file(path: str | Path) -> dict:
+    """A model file (.pth) or an exported .onnx (with torchyard metadata) as the bundle Predictor takes."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        return load_bundle(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelFileError(f"{path} is not an ONNX model: {exc}") from exc
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("torchyard.format") != FORMAT:
+        raise ModelFileError(f"{path} has no torchyard preprocessing metadata; serve the .pth model file written "
+                             "beside it, or an .onnx exported by torchyard")
+    return {"format": FORMAT, "onnx": path.read_bytes(), "data_type": meta["torchyard.data_type"],
+            "task": meta["torchyard.task"], "preprocessing": json.loads(meta["torchyard.preprocessing"]),
+            "metrics": json.loads(meta["torchyard.metrics"]), "run": json.loads(meta["torchyard.run"])}
 
 
 def load_bundle(path: str | Path) -> dict:

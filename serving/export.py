@@ -4,6 +4,7 @@ import logging
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -36,6 +37,15 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, output_name: str,
     buffer = io.BytesIO()
     program.save(buffer)
     return buffer.getvalue()
+
+
+def with_metadata(onnx_bytes: bytes, metadata: dict[str, str]) -> bytes:
+    """The ONNX model with `metadata` added to its metadata_props (what a bare .onnx file needs to be served)."""
+    model = onnx.load_from_string(onnx_bytes)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
 
 
 def parity(onnx_bytes: bytes, model: torch.nn.Module, features: np.ndarray, tolerance: float) -> float:

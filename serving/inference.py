@@ -48,12 +48,14 @@ class Predictor:
             return self._table(np.concatenate(outputs), frame.index)
         return self._table(self.outputs(self.transform.features(frame, name)), frame.index)
 
-    def predict_images(self, paths: list[str], batch_size: int = 256) -> pd.DataFrame:
-        """Images: one row per file, in the given order: `path`, `prediction`, `proba_<class>`..."""
-        outputs = [self.outputs(self.transform.features(paths[i:i + batch_size]))
+    def predict_images(self, paths: list, batch_size: int = 256, names: list[str] | None = None) -> pd.DataFrame:
+        """Images (file paths, or their bytes with `names`): one row per file, in the given order: `path`,
+        `prediction`, `proba_<class>`..."""
+        names = names or [str(p) for p in paths]
+        outputs = [self.outputs(self.transform.features(paths[i:i + batch_size], names[i:i + batch_size]))
                    for i in range(0, len(paths), batch_size)]
         table = self._table(np.concatenate(outputs), pd.RangeIndex(len(paths)))
-        table.insert(0, "path", paths)
+        table.insert(0, "path", names)
         return table
 
     def _table(self, outputs: np.ndarray, index) -> pd.DataFrame:

@@ -9,8 +9,8 @@ from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from serving.bundle import save_bundle
-from serving.export import INPUT_NAMES, export_onnx, parity
+from serving.bundle import onnx_metadata, save_bundle
+from serving.export import INPUT_NAMES, export_onnx, parity, with_metadata
 from tasks import tracking
 from tasks.evaluate import serving_model
 from tasks.inputs import model_inputs
@@ -28,6 +28,8 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
     data_type = transform.state.get("data_type", "tabular")
     output_name = "value" if transform.target["task"] == "regression" else "probabilities"
     onnx_bytes = export_onnx(model, torch.from_numpy(test_inputs), output_name, INPUT_NAMES[data_type])
+    onnx_bytes = with_metadata(onnx_bytes, onnx_metadata(data_type, transform.target["task"], transform.state, metrics,
+                                                         run_info))
     max_diff = parity(onnx_bytes, model, test_inputs, tolerance)
     tracking.log_metrics(run_id, {"export_max_abs_diff": max_diff})
     logger.info(f"ONNX export matches torch within {max_diff:.2e} on {len(test_inputs)} test rows")

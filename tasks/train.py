@@ -1,6 +1,5 @@
 """train: build the network from config and run the trainer, with checkpoints, early stopping and per-epoch
 metrics sent to MLflow asynchronously so that logging does not slow the loop."""
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from models import build_model, save_network, transfer
 from models.config import ModelConfig
 from preprocessing.errors import DataError
 from preprocessing.image import ImageTransform
-from serving.bundle import load_bundle
+from serving.bundle import ModelFileError
+from serving.registry import resolve
 from tasks import tracking
 from tasks.inputs import batch_source, input_size, load_transform
 from tasks.steps import Prepared, Trained
@@ -48,19 +48,14 @@ class MlflowEpochLogger(Callback):
 
 def pretrained_network(reference: str) -> dict:
     """The 'network' entry of a torchyard model file, given its path or a registry URI (models:/name/1,
-    models:/name@champion), whose run holds the file as the artifact model_file/model.pth."""
-    if reference.startswith("models:/"):
-        import mlflow
-
-        tracking.configure()
-        try:
-            run_id = mlflow.models.get_model_info(reference).run_id
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_file/model.pth",
-                                                       dst_path=tempfile.mkdtemp(prefix="torchyard-pretrained-"))
-        except Exception as exc:  # MlflowException: unknown name, version or alias
-            raise DataError(f"model.pretrained {reference} could not be loaded from the MLflow registry: {exc}") from exc
-        return load_bundle(path)["network"]
-    return load_bundle(reference)["network"]
+    models:/name@champion)."""
+    try:
+        bundle, _ = resolve(reference)
+    except ModelFileError as exc:
+        raise DataError(f"model.pretrained {reference} could not be loaded: {exc}") from exc
+    if "network" not in bundle:
+        raise DataError(f"model.pretrained {reference} holds no network weights; give the .pth model file")
+    return bundle["network"]
 
 
 def build_network(model_config: ModelConfig, transform, output_size: int, logger=None):

@@ -127,7 +127,7 @@ def test_transfer_learning_from_a_model_file_and_the_registry(tmp_path, mlflow_c
                                export=ExportConfig(register_model=False))
     assert from_registry.is_completed(), from_registry.message
     missing = run_images(tmp_path / "new", model=ModelConfig(pretrained=f"models:/{name}/99"))
-    assert missing.is_failed() and "could not be loaded from the MLflow registry" in missing.message
+    assert missing.is_failed() and "has no version 99 in the MLflow registry" in missing.message
 
 
 def _write_manifest_with_missing(tmp_path):

@@ -1,0 +1,343 @@
+"""The REST API: FastAPI over serving.inference.Predictor (ONNX Runtime), the same inference path as predict.py.
+
+    POST /predict   tabular rows as JSON records, texts as a list of strings, images as multipart uploads or
+                    base64; predictions with class probabilities, in input order
+    GET  /health    liveness and whether a model is loaded
+    GET  /model     name, version, alias, run id, input schema, classes, metrics it was registered with
+    POST /reload    load the reference again (a new champion) without a restart; requests in flight finish on the
+                    model they started with
+
+The request model of /predict is built from the loaded model's input schema (its columns and their types), so the
+OpenAPI document says exactly what to send. Every error is a 4xx with a message; nothing leaks a traceback.
+"""
+import base64
+import binascii
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from preprocessing.errors import TorchyardError
+from serving.inference import Predictor
+from serving.registry import ModelRef, current_version, resolve
+
+log = logging.getLogger("torchyard.serving")
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="models:/<name>@<alias>, models:/<name>/<version>, a bare registered name "
+                       "(its @champion), or a .pth/.onnx path")
+    max_body_bytes: int = Field(10 * 2 ** 20, ge=1, description="Largest request body accepted (413 above).")
+    max_batch: int = Field(1024, ge=1, description="Most rows, texts or images per request (413 above).")
+    max_image_side: int = Field(4096, ge=1, description="Largest image width or height accepted (413 above).")
+    reload_interval: float = Field(0.0, ge=0, description="Seconds between checks of the registry alias for a new "
+                                   "version (0: only POST /reload).")
+
+
+class TooLarge(TorchyardError):
+    """A request over one of the configured limits (413)."""
+
+
+@dataclass
+class Loaded:
+    predictor: Predictor
+    ref: ModelRef
+    schema: dict
+
+
+def load(reference: str) -> Loaded:
+    bundle, ref = resolve(reference)
+    predictor = Predictor(bundle)
+    return Loaded(predictor, ref, input_schema(predictor))
+
+
+def input_schema(predictor: Predictor) -> dict:
+    state = predictor.transform.state
+    if predictor.data_type == "tabular":
+        columns = [{"name": c["name"], "type": "number"} for c in state["numeric"]]
+        columns += [{"name": c["name"], "type": "category", "categories": c["categories"]}
+                    for c in state["categorical"]]
+        return {"kind": "rows", "columns": columns}
+    if predictor.data_type == "text":
+        return {"kind": "texts", "text_column": state["config"]["text_column"], "max_len": state["max_len"]}
+    config = state["config"]
+    return {"kind": "images", "channels": config["channels"], "image_size": config["image_size"]}
+
+
+# ---------------------------------------------------------------- request and response models
+
+class Prediction(BaseModel):
+    prediction: str | int | float | bool
+    probabilities: dict[str, float] | None = Field(None, description="Per class, for classification.")
+
+
+class ModelBrief(BaseModel):
+    name: str
+    version: str | None
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: ModelBrief
+
+
+class TextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str | None] = Field(min_length=1, description="Raw texts; null is treated as an empty text.")
+
+
+class ImageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(min_length=1, description="Base64-encoded image files (PNG, JPEG, BMP, WebP, ...).")
+    names: list[str] | None = Field(None, description="Optional names, echoed in error messages.")
+
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def rows_request(schema: dict) -> type[BaseModel]:
+    """The typed request for a tabular model: every training column, null allowed (imputed as in training),
+    missing or extra fields refused, NaN and infinity refused."""
+    fields = {}
+    for i, column in enumerate(schema["columns"]):
+        kind = Number | None if column["type"] == "number" else str | int | bool | None
+        fields[f"c{i}"] = (kind, Field(..., alias=column["name"]))
+    row = create_model("Row", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields)
+    return create_model("RowsRequest", __config__=ConfigDict(extra="forbid"),
+                        rows=(list[row], Field(min_length=1, description="One record per row to predict.")))
+
+
+# ---------------------------------------------------------------- the app
+
+class _State:
+    def __init__(self, settings: ServeSettings, loaded: Loaded):
+        self.settings, self.current = settings, loaded
+        self.lock = threading.Lock()  # one reload at a time; requests never wait on it
+
+    def reload(self) -> dict:
+        with self.lock:
+            previous = self.current
+            fresh = load(self.settings.model)
+            if fresh.schema != previous.schema:
+                raise SchemaChanged(f"{fresh.ref.uri} version {fresh.ref.version} takes different inputs than the "
+                                    "model being served; restart the server to serve it")
+            self.current = fresh  # requests in flight keep their reference to the previous model
+        changed = (fresh.ref.version, fresh.ref.run_id) != (previous.ref.version, previous.ref.run_id)
+        if changed:
+            log.info(f"now serving {fresh.ref.uri} version {fresh.ref.version} (was {previous.ref.version})")
+        return {"reloaded": changed, "previous_version": previous.ref.version, "version": fresh.ref.version}
+
+
+class SchemaChanged(TorchyardError):
+    """The new model takes different inputs (409)."""
+
+
+def create_app(settings: ServeSettings, loaded: Loaded | None = None) -> FastAPI:
+    loaded = loaded or load(settings.model)
+    state = _State(settings, loaded)
+    app = FastAPI(title="torchyard model server", version="1",
+                  description=f"Serves {loaded.ref.uri} ({loaded.predictor.data_type}, {loaded.predictor.bundle['task']}).")
+    app.state.serving = state
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    _error_handlers(app)
+
+    @app.get("/health")
+    def health() -> dict:
+        ref = state.current.ref
+        return {"status": "ok", "model_loaded": state.current is not None, "model": ref.name, "version": ref.version}
+
+    @app.get("/model")
+    def model() -> dict:
+        current = state.current
+        return {**current.ref.to_dict(), "data_type": current.predictor.data_type,
+                "task": current.predictor.bundle["task"], "classes": current.predictor.classes,
+                "input_schema": current.schema, "limits": settings.model_dump(exclude={"model"})}
+
+    @app.post("/reload")
+    def reload() -> dict:
+        return state.reload()
+
+    data_type = loaded.predictor.data_type
+    if data_type == "tabular":
+        request_model = rows_request(loaded.schema)
+
+        @app.post("/predict", response_model=PredictResponse)
+        def predict_rows(body: request_model) -> dict:
+            current = state.current
+            _check_batch(len(body.rows), settings)
+            frame = pd.DataFrame([row.model_dump(by_alias=True) for row in body.rows],
+                                 columns=[c["name"] for c in current.schema["columns"]])
+            return _respond(current, current.predictor.predict(frame, "the request"))
+    elif data_type == "text":
+        @app.post("/predict", response_model=PredictResponse)
+        def predict_texts(body: TextRequest) -> dict:
+            current = state.current
+            _check_batch(len(body.texts), settings)
+            frame = pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
+            return _respond(current, current.predictor.predict(frame, "the request"))
+    else:
+        @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
+        async def predict_images(request: Request) -> dict:
+            current = state.current
+            names, files = await _read_images(request, settings)
+            table = await run_in_threadpool(current.predictor.predict_images, files, names=names)
+            return _respond(current, table.drop(columns="path"))
+
+    if settings.reload_interval > 0:
+        _start_polling(state, settings.reload_interval)
+    return app
+
+
+def _check_batch(size: int, settings: ServeSettings) -> None:
+    if size > settings.max_batch:
+        raise TooLarge(f"a batch of {size} exceeds the limit of {settings.max_batch} per request (--max-batch)")
+
+
+def _respond(current: Loaded, table: pd.DataFrame) -> dict:
+    classes = current.predictor.classes
+    probabilities = table[[f"proba_{c}" for c in classes]].to_numpy() if classes and len(table) else None
+    predictions = []
+    for i, label in enumerate(table["prediction"].tolist()):
+        entry: dict[str, Any] = {"prediction": label}
+        if probabilities is not None:
+            entry["probabilities"] = {str(c): float(p) for c, p in zip(classes, probabilities[i])}
+        predictions.append(entry)
+    return {"predictions": predictions, "model": {"name": current.ref.name, "version": current.ref.version}}
+
+
+async def _read_images(request: Request, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=settings.max_batch + 1)
+        uploads = [f for f in form.getlist("files") if hasattr(f, "read")]
+        if not uploads:
+            raise RequestError("send the images as multipart form fields named 'files'")
+        names = [u.filename or f"files[{i}]" for i, u in enumerate(uploads)]
+        files = [await u.read() for u in uploads]
+    else:
+        try:
+            body = ImageRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        names = body.names or [f"images[{i}]" for i in range(len(body.images))]
+        if len(names) != len(body.images):
+            raise RequestError(f"{len(names)} names for {len(body.images)} images")
+        files = []
+        for name, encoded in zip(names, body.images):
+            try:
+                files.append(base64.b64decode(encoded, validate=True))
+            except (binascii.Error, ValueError):
+                raise RequestError(f"{name} is not valid base64") from None
+    _check_batch(len(files), settings)
+    for name, data in zip(names, files):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            raise RequestError(f"{name} is not an image that can be read (PNG, JPEG, BMP, WebP, GIF, TIFF)") from None
+        if max(width, height) > settings.max_image_side:
+            raise TooLarge(f"{name} is {width}x{height}; the largest side accepted is {settings.max_image_side} "
+                           "(--max-image-side)")
+    return names, files
+
+
+class RequestError(TorchyardError):
+    """A request the server cannot use (422)."""
+
+
+def _image_body() -> dict:
+    schema = ImageRequest.model_json_schema()
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    }}}
+
+
+def _error_handlers(app: FastAPI) -> None:
+    status = {TooLarge: 413, SchemaChanged: 409}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        # what was wrong and where; the offending input is left out (it may be NaN, which JSON cannot carry)
+        detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(TorchyardError)
+    async def user_error(request: Request, exc: TorchyardError):
+        return JSONResponse({"detail": str(exc)}, status_code=status.get(type(exc), 422))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):
+        log.error(f"{request.method} {request.url.path} failed", exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or while it streams in."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(scope, receive, send)
+        received, started = 0, False
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send):
+        response = JSONResponse({"detail": f"request body over the limit of {self.limit} bytes (--max-body-bytes)"},
+                                status_code=413)
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _start_polling(state: _State, interval: float) -> None:
+    """A daemon thread that reloads when the registry alias points at another version."""
+    stop = threading.Event()
+
+    def poll():
+        while not stop.wait(interval):
+            try:
+                if current_version(state.settings.model) != state.current.ref.version:
+                    state.reload()
+            except Exception as exc:  # the registry being away must not stop serving
+                log.warning(f"reload check failed: {exc}")
+
+    threading.Thread(target=poll, name="torchyard-reload", daemon=True).start()
