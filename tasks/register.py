@@ -6,6 +6,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.steps import Exported
 
+CHAMPION = "champion"  # the alias python -m serving serves by default
+
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(exported: Exported, name: str, metrics: dict, run_id: str, fingerprint: str) -> str:
@@ -16,5 +18,9 @@ def register(exported: Exported, name: str, metrics: dict, run_id: str, fingerpr
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     client.update_model_version(name, version.version, description=f"torchyard train-flow run {run_id}; {summary}")
     tracking.set_tags(run_id, {"registered_model": f"{name}/{version.version}"})
-    get_run_logger().info(f"registered as models:/{name}/{version.version}")
+    logger = get_run_logger()
+    logger.info(f"registered as models:/{name}/{version.version}")
+    if CHAMPION not in client.get_registered_model(name).aliases:  # the first model of a name becomes champion
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        logger.info(f"models:/{name}@{CHAMPION} -> version {version.version} (the first of its name)")
     return str(version.version)
