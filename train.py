@@ -143,12 +143,17 @@ def main(argv=None) -> int:
             raise
         print(f"error: {reason}", file=sys.stderr)
         return 1
+    if result.get("skipped"):
+        print(f"done: {result['reason']}")
+        return 0
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     print(f"done: {metrics}")
     if result["model_file"]:
         print(f"model file: {result['model_file']}")
     if result["model_version"]:
-        print(f"registered: models:/{result['model_name']}/{result['model_version']}")
+        promotion = result["promotion"]
+        print(f"registered: models:/{result['model_name']}/{result['model_version']} ({promotion['decision']}: "
+              f"{promotion['reason']})")
     print(f"MLflow run: {result['run_id']} (make mlflow-ui, then http://127.0.0.1:5000)")
     return 0
 

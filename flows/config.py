@@ -3,6 +3,8 @@
 The flow takes the sections as separate parameters so that a deployment run can override one section
 (`--param train='{"n_epochs": 5}'`) without restating the others; Prefect validates each against its schema.
 """
+import hashlib
+import json
 from pathlib import Path
 
 import yaml
@@ -27,6 +29,24 @@ class ExportConfig(BaseModel):
     tolerance: float = Field(1e-4, gt=0, description="Max |ONNX Runtime - torch| allowed on the test rows.")
 
 
+class PromoteConfig(BaseModel):
+    """Champion/challenger: which registry version the alias `champion` points at after a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str | None = Field(None, description="Test metric compared on the new test split; default "
+                               "test_accuracy (classification) or test_r2 (regression). Lower is better for "
+                               "*_mse, *_mae and *_loss.")
+    min_improvement: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than 0 "
+                                   "and by at least this much to become champion.")
+    skip_unchanged: bool = Field(False, description="Retraining: when the data fingerprint and config hash equal "
+                                 "those the champion was trained on, record 'no new data' and stop without "
+                                 "training (the deployments set this).")
+
+    def metric_for(self, task: str) -> str:
+        return self.metric or ("test_r2" if task == "regression" else "test_accuracy")
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,6 +58,7 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainerConfig = Field(default_factory=TrainerConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
     experiment: str | None = Field(None, description="MLflow experiment; default: the dataset's name.")
     seed: int = 42
     model_fn: str | None = Field(None, description="Also write the model file here (plus .onnx beside it).")
@@ -66,6 +87,11 @@ class RunConfig(BaseModel):
     @property
     def model_name(self) -> str:
         return self.export.model_name or f"{self.dataset}-{self.model.type}"
+
+    def config_hash(self) -> str:
+        """Identifies what was asked for (not where the model file goes): equal hashes, equal training."""
+        config_json = json.dumps(self.model_dump(mode="json", exclude={"model_fn", "promote"}), sort_keys=True)
+        return hashlib.sha256(config_json.encode()).hexdigest()[:12]
 
     def flow_parameters(self) -> dict:
         return {name: getattr(self, name) for name in type(self).model_fields}

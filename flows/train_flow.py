@@ -3,8 +3,6 @@
 One MLflow run per flow run. A rerun of the same flow run (Prefect retry) reopens that MLflow run and resumes
 training from the last checkpoint. Any failure marks the MLflow run FAILED with the reason as a tag.
 """
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -14,10 +12,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 
 import mlflow  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.settings import PREFECT_UI_URL  # noqa: E402
 
-from flows.config import ExportConfig, RunConfig  # noqa: E402
+from flows.config import ExportConfig, PromoteConfig, RunConfig  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
 from preprocessing.errors import user_facing  # noqa: E402
@@ -26,6 +25,8 @@ from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
 from tasks.export import export as export_task  # noqa: E402
 from tasks.preprocess import preprocess as preprocess_task  # noqa: E402
+from tasks.promote import promote as promote_task  # noqa: E402
+from tasks.promote import unchanged_since_champion  # noqa: E402
 from tasks.register import register as register_task  # noqa: E402
 from tasks.split import split as split_task  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
@@ -49,12 +50,14 @@ def train_flow(
     model: ModelConfig = ModelConfig(),
     train: TrainerConfig = TrainerConfig(),
     export: ExportConfig = ExportConfig(),
+    promote: PromoteConfig = PromoteConfig(),
     experiment: str | None = None,
     seed: int = 42,
     model_fn: str | None = None,
 ) -> dict:
     config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model,
-                       train=train, export=export, experiment=experiment, seed=seed, model_fn=model_fn)
+                       train=train, export=export, promote=promote, experiment=experiment, seed=seed,
+                       model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
     work_dir = work_root() / run_key
@@ -72,6 +75,10 @@ def train_flow(
             collect = collect_task.with_options(retries=config.data.read_retries,
                                                 retry_delay_seconds=config.data.retry_delay_seconds)
             snapshot = collect(config.data, config.image, run_id, work_dir)
+            if config.promote.skip_unchanged and config.export.register_model:
+                champion = unchanged_since_champion(config.model_name, snapshot.fingerprint, config.config_hash())
+                if champion is not None:
+                    return _no_new_data(config, champion, run_id, experiment_id, work_dir, logger)
             validated = validate_task(snapshot, config.data, config.image, config.text, run_id)
             splits = split_task(validated, config.split, config.seed, run_id)
             prepared = preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id)
@@ -80,9 +87,12 @@ def train_flow(
             run_info = {"run_id": run_id, "experiment": config.experiment_name, "flow_run_id": run_key,
                         "data_fingerprint": snapshot.fingerprint, "config": config.model_dump(mode="json")}
             exported = export_task(prepared, trained, config.export.tolerance, run_id, run_info, metrics)
-            version = None
+            version, promotion = None, None
             if config.export.register_model:
-                version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint)
+                version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint,
+                                        config.config_hash())
+                promotion = promote_task(prepared, metrics, config.promote.metric_for(validated.schema["task"]),
+                                         config.promote.min_improvement, config.model_name, version, run_id)
         except BaseException as exc:
             reason = user_facing(exc)
             reason = str(reason) if reason else f"{type(exc).__name__}: {exc}"
@@ -96,7 +106,22 @@ def train_flow(
             logger.info(f"model file written to {model_path} (and {model_path.with_suffix('.onnx').name} beside it)")
     shutil.rmtree(work_dir, ignore_errors=True)  # kept on failure so that a retry resumes from the checkpoint
     return {"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics, "model_name": config.model_name,
-            "model_version": version, "model_file": str(model_path) if config.model_fn else None}
+            "model_version": version, "model_file": str(model_path) if config.model_fn else None,
+            "promotion": promotion, "skipped": False}
+
+
+def _no_new_data(config: RunConfig, champion, run_id: str, experiment_id: str, work_dir: Path, logger) -> dict:
+    """A retraining run whose data and config equal the champion's: recorded, nothing trained."""
+    reason = (f"no new data: the data fingerprint and config hash equal those of champion version "
+              f"{champion.version}; nothing trained")
+    tracking.set_tags(run_id, {"promotion.decision": "skipped", "promotion.reason": reason,
+                               "promotion.champion_version": str(champion.version)})
+    logger.info(reason)
+    create_markdown_artifact(key="promotion", markdown=f"# {config.model_name}: skipped\n\n{reason}.\n",
+                             description="champion/challenger decision of this train-flow run")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return {"run_id": run_id, "experiment_id": experiment_id, "metrics": {}, "model_name": config.model_name,
+            "model_version": None, "model_file": None, "promotion": None, "skipped": True, "reason": reason}
 
 
 def _publish(bundle: Path, model_fn: str) -> Path:
@@ -108,9 +133,8 @@ def _publish(bundle: Path, model_fn: str) -> Path:
 
 
 def _run_tags(config: RunConfig, run_key: str) -> dict:
-    config_json = json.dumps(config.model_dump(mode="json", exclude={"model_fn"}), sort_keys=True)
     tags = {"prefect.flow_run_id": run_key,
-            "torchyard.config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:12],
+            "torchyard.config_hash": config.config_hash(),
             "torchyard.data_type": config.data.data_type}
     ui = PREFECT_UI_URL.value()
     if ui and flow_run.id:
