@@ -37,7 +37,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str) -> dict:
     model, transform, _ = serving_model(prepared, trained)
     served, targets = served_outputs(model, batch_source(prepared, transform, "test", batch_size=1024))
     target = transform.target
-    work = Path(prepared.arrays).parent
+    work = Path(trained.network).parent  # this training's own folder (sweep trials run side by side)
     if target["task"] == "regression":
         truth = targets.double() * target["std"] + target["mean"]
         metrics = evaluation.test_metrics("regression", served, truth)

@@ -117,6 +117,7 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
                                   "mlflow_logging_seconds": mlflow_logger.seconds})
     logger.info(f"trained {len(history)} epoch(s) on {device} in {seconds:.1f}s "
                 f"({mlflow_logger.seconds * 1000 / max(1, len(history)):.1f} ms/epoch in MLflow logging)")
-    path = Path(prepared.arrays).with_name("network.pt")
+    path = Path(checkpoint_dir) / "network.pt"  # beside this run's checkpoints: concurrent sweep trials differ
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_network(path, built_from, input_size(transform), trainer.objective.output_size, trainer.model)
     return Trained(path, len(history), str(device))
