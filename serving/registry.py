@@ -4,6 +4,7 @@ References: `path/to/model.pth`, `path/to/model.onnx`, `models:/<name>/<version>
 bare registered model name, which means `models:/<name>@champion`. Registry models are read from the artifact
 `model_file/model.pth` of the run that registered them. MLflow is imported only for registry references.
 """
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ def resolve(reference: str) -> tuple[dict, ModelRef]:
         return bundle, ModelRef(reference, str(Path(reference).resolve()), Path(reference).stem,
                                 run_id=run.get("run_id"), metrics=bundle.get("metrics") or {})
     client, version = _version(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar in flow and server logs
     try:
         import mlflow
 

@@ -47,12 +47,17 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri, uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs, not GenAI
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if "mlflow.experimentKind" not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return experiment.experiment_id
     root = artifact_root()
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
 
 
 def flat(prefix: str, values: dict) -> dict:
