@@ -26,7 +26,8 @@ FLAGS = {
     "n_layers": ("model", "n_layers"), "hidden_size": ("model", "hidden_size"),
     "activation": ("model", "activation"), "dropout": ("model", "dropout"),
     "n_epochs": ("train", "n_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "optimizer": ("train", "optimizer"), "gpu_id": ("train", "gpu_id"),
+    "optimizer": ("train", "optimizer"), "gpu_id": ("train", "gpu_id"), "cpu_threads": ("train", "cpu_threads"),
+    "gpu_memory_fraction": ("train", "gpu_memory_fraction"),
     "scheduler": ("train.scheduler", "name"), "patience": ("train.early_stopping", "patience"),
     "scaler": ("preprocess", "scaler"), "missing": ("preprocess", "missing"),
     "model_name": ("export", "model_name"),
@@ -63,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", help="start from a torchyard model: a .pth file or models:/name/version")
     p.add_argument("--freeze_features", action="store_true", default=None, help="with --pretrained: train the head only")
     p.add_argument("--gpu_id", type=int, help="-1 for CPU, N for cuda:N")
+    p.add_argument("--cpu_threads", type=int, help="cap torch's CPU threads")
+    p.add_argument("--gpu_memory_fraction", type=float, help="cap this process's share of the GPU memory (0-1]")
     p.add_argument("--batch_size", type=int)
     p.add_argument("--n_epochs", type=int)
     p.add_argument("--n_layers", type=int, help="linear layers in all (hidden blocks + output)")

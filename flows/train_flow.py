@@ -6,6 +6,7 @@ training from the last checkpoint. Any failure marks the MLflow run FAILED with 
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry errors
@@ -19,7 +20,7 @@ from prefect.settings import PREFECT_UI_URL  # noqa: E402
 from flows.config import ExportConfig, PromoteConfig, RunConfig  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
-from preprocessing.errors import user_facing  # noqa: E402
+from preprocessing.errors import TorchyardError, user_facing  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
@@ -60,8 +61,8 @@ def train_flow(
                        model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
+    tracking.check_reachable()  # before any data is read
     work_dir = work_root() / run_key
-    work_dir.mkdir(parents=True, exist_ok=True)
     client = tracking.configure()
     experiment_id = tracking.ensure_experiment(client, config.experiment_name)
     previous = client.search_runs([experiment_id], f"tags.`prefect.flow_run_id` = '{run_key}'", max_results=1)
@@ -72,6 +73,9 @@ def train_flow(
         run_id = run.info.run_id
         logger.info(f"MLflow run {run_id} in experiment '{config.experiment_name}' ({tracking.tracking_uri()})")
         try:
+            writable_folder(work_dir, "the work folder (TORCHYARD_WORK_DIR)")
+            if config.model_fn:  # fail now, not after training
+                writable_folder(Path(config.model_fn).expanduser().resolve().parent, "the model_fn folder")
             collect = collect_task.with_options(retries=config.data.read_retries,
                                                 retry_delay_seconds=config.data.retry_delay_seconds)
             snapshot = collect(config.data, config.image, run_id, work_dir)
@@ -87,6 +91,10 @@ def train_flow(
             run_info = {"run_id": run_id, "experiment": config.experiment_name, "flow_run_id": run_key,
                         "data_fingerprint": snapshot.fingerprint, "config": config.model_dump(mode="json")}
             exported = export_task(prepared, trained, config.export.tolerance, run_id, run_info, metrics)
+            model_path = Path(exported.bundle)
+            if config.model_fn:
+                model_path = _publish(exported.bundle, config.model_fn)
+                logger.info(f"model file written to {model_path} (and {model_path.with_suffix('.onnx').name} beside it)")
             version, promotion = None, None
             if config.export.register_model:
                 version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint,
@@ -100,10 +108,6 @@ def train_flow(
             logger.error(f"train-flow failed: {reason}")
             raise
 
-        model_path = Path(exported.bundle)
-        if config.model_fn:
-            model_path = _publish(exported.bundle, config.model_fn)
-            logger.info(f"model file written to {model_path} (and {model_path.with_suffix('.onnx').name} beside it)")
     shutil.rmtree(work_dir, ignore_errors=True)  # kept on failure so that a retry resumes from the checkpoint
     return {"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics, "model_name": config.model_name,
             "model_version": version, "model_file": str(model_path) if config.model_fn else None,
@@ -124,11 +128,27 @@ def _no_new_data(config: RunConfig, champion, run_id: str, experiment_id: str, w
             "model_version": None, "model_file": None, "promotion": None, "skipped": True, "reason": reason}
 
 
+def writable_folder(folder: Path, what: str) -> Path:
+    """`folder`, created if needed; TorchyardError naming it when it cannot be written (read-only, full...)."""
+    if folder.exists() and not folder.is_dir():
+        raise TorchyardError(f"cannot write to {what} {folder}: it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".torchyard-write-check-"):
+            pass
+    except OSError as exc:
+        raise TorchyardError(f"cannot write to {what} {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def _publish(bundle: Path, model_fn: str) -> Path:
     target = Path(model_fn).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(bundle, target)
-    shutil.copyfile(Path(bundle).with_suffix(".onnx"), target.with_suffix(".onnx"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle, target)
+        shutil.copyfile(Path(bundle).with_suffix(".onnx"), target.with_suffix(".onnx"))
+    except OSError as exc:
+        raise TorchyardError(f"cannot write the model file {target}: {exc.strerror or exc}") from None
     return target
 
 

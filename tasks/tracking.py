@@ -8,11 +8,15 @@ import functools
 import os
 import time
 from pathlib import Path
+import urllib.error
+import urllib.request
 from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+
+from preprocessing.errors import TorchyardError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STORE = REPO / "mlflow"
@@ -30,6 +34,32 @@ def artifact_root() -> str:
     if uri.startswith("sqlite:///"):
         return (Path(urlparse(uri).path).parent / "artifacts").resolve().as_uri()
     return ""
+
+
+class TrackingUnavailable(TorchyardError):
+    """The MLflow store cannot be reached or written."""
+
+
+def check_reachable(timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the URI, when the tracking server does not answer or a local store's folder
+    cannot be created (MLflow's own client would retry for minutes before giving up)."""
+    uri = tracking_uri()
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            return  # something answered; MLflow reports its own errors from here on
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingUnavailable(f"the MLflow tracking server {uri} is unreachable ({reason}); start it or "
+                                      "point MLFLOW_TRACKING_URI at one that runs") from None
+    elif parsed.scheme == "sqlite":
+        folder = Path(parsed.path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingUnavailable(f"cannot create the MLflow store folder {folder}: {exc.strerror}") from None
 
 
 def configure() -> MlflowClient:

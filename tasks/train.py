@@ -18,7 +18,7 @@ from tasks.inputs import batch_source, input_size, load_transform
 from tasks.steps import Prepared, Trained
 from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint, resolve_mode
 from training.config import TrainerConfig
-from training.device import select_device
+from training.device import apply_limits, select_device
 from training.objectives import make_objective
 from training.optim import build_optimizer, build_scheduler
 from training.trainer import Trainer
@@ -97,6 +97,9 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     device, warning = select_device(config.gpu_id)
     if warning:
         logger.warning(warning)
+    limits = apply_limits(device, config.cpu_threads, config.gpu_memory_fraction)
+    if limits:
+        logger.info("resource limits: " + ", ".join(limits))
     transform = load_transform(prepared)
     workers = transform.config.workers if isinstance(transform, ImageTransform) else 0
     stopping = config.early_stopping

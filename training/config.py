@@ -60,3 +60,7 @@ class TrainerConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     gpu_id: int = Field(-1, ge=-1, description="-1: CPU; N: cuda:N (falls back to CPU with a warning if absent).")
+    cpu_threads: int | None = Field(None, ge=1, description="Cap on torch's CPU threads for this training "
+                                    "(torch.set_num_threads); default: torch's own choice.")
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="Cap on the share of the GPU's memory "
+                                              "this process may allocate (torch.cuda.set_per_process_memory_fraction).")

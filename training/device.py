@@ -2,6 +2,18 @@
 import torch
 
 
+def apply_limits(device: torch.device, cpu_threads: int | None, gpu_memory_fraction: float | None) -> list[str]:
+    """Cap CPU threads and the GPU memory share; returns what was applied, for the log."""
+    applied = []
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+        applied.append(f"{cpu_threads} CPU thread(s)")
+    if gpu_memory_fraction and device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, device)
+        applied.append(f"{gpu_memory_fraction:.0%} of {device}'s memory")
+    return applied
+
+
 def select_device(gpu_id: int) -> tuple[torch.device, str | None]:
     """The device to train on, and a warning when the requested GPU is not available."""
     if gpu_id < 0:
