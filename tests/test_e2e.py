@@ -1,7 +1,15 @@
 """End to end as a user deploys: a real `prefect server` on a free loopback port, a process worker, the
 deployments of prefect.yaml, `prefect deployment run ... --watch`, then the MLflow store is checked."""
 import json
+import os
+import re
+import signal
 import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 import pytest
 from mlflow import MlflowClient
@@ -17,8 +25,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def stack(tmp_path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("stack")
     port = free_port()
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     env = stack_env(port, tmp_path / "prefect", mlflow_uri=uri)
@@ -35,7 +44,7 @@ def stack(tmp_path):
         stop(server)
 
 
-def test_deployment_run_completes_and_is_tracked(stack, tmp_path):
+def test_deployment_run_completes_and_is_tracked(stack):
     env, uri = stack
     rejected = prefect("deployment", "run", "train-flow/wine-classifier", "--param", 'train={"lr": "fast"}',
                        env=env, check=False)
@@ -45,8 +54,7 @@ def test_deployment_run_completes_and_is_tracked(stack, tmp_path):
     result = prefect("deployment", "run", "train-flow/wine-classifier", "--param", f"train={json.dumps(train)}",
                      "--watch", env=env, timeout=420)
     log = result.stdout + result.stderr
-    assert result.returncode == 0 and "Flow run finished successfully in 'Completed'" in log, (
-        log[-3000:] + (tmp_path / "worker.log").read_text()[-5000:])
+    assert result.returncode == 0 and "Flow run finished successfully in 'Completed'" in log, log[-3000:]
 
     client = MlflowClient(uri, uri)
     experiment = client.get_experiment_by_name("wine")
@@ -65,3 +73,83 @@ def test_deployment_run_completes_and_is_tracked(stack, tmp_path):
     mlflow.set_tracking_uri(uri)
     model = mlflow.onnx.load_model(f"models:/wine-mlp/{version.version}")
     assert model.graph.input[0].name == "features"
+
+
+def _flow_run_processes(flow_run_id: str) -> list[int]:
+    """PIDs of the processes the worker started for this flow run (their environment names it)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _state(flow_run_id: str, env: dict) -> str:
+    out = prefect("flow-run", "inspect", flow_run_id, env=env, check=False).stdout
+    match = re.search(r"type=StateType\.(\w+)|'type': '(\w+)'|\"type\": \"(\w+)\"", out)
+    return next(g for g in match.groups() if g) if match else "UNKNOWN"
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_9_mid_training_then_retry_resumes_and_matches_an_uninterrupted_run(stack, tmp_path):
+    env, uri = stack
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30000, 16))
+    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(16)])
+    frame["target"] = np.where(features[:, 0] + features[:, 1] * features[:, 2] > 0, "yes", "no")
+    source = tmp_path / "resume.csv"
+    frame.to_csv(source, index=False)
+    params = ["--param", f'data={json.dumps({"source": str(source), "target": "target"})}',
+              "--param", 'train={"n_epochs": 8, "batch_size": 32, "lr": 0.003, "early_stopping": {"enabled": false}}',
+              "--param", 'export={"register_model": false}']
+
+    started = prefect("deployment", "run", "train-flow/wine-classifier", *params, env=env)
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    checkpoint = Path(env["TORCHYARD_WORK_DIR"]) / flow_run_id / "checkpoints" / "last.ckpt"
+    client = MlflowClient(uri, uri)
+
+    def epochs_logged():
+        experiment = client.get_experiment_by_name("resume")
+        runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'") \
+            if experiment else []
+        return runs and checkpoint.exists() and len(client.get_metric_history(runs[0].info.run_id, "val_loss")) >= 3
+
+    _wait(epochs_logged, 300, "three epochs and a checkpoint")
+    pids = _wait(lambda: _flow_run_processes(flow_run_id), 10, "the flow run's process")
+    killed_at = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    _wait(lambda: _state(flow_run_id, env) in ("CRASHED", "FAILED"), 120, "the worker to mark the run crashed")
+
+    retried = prefect("flow-run", "retry", flow_run_id, env=env, timeout=60, check=False)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    final = _wait(lambda: (lambda s: s if s in ("COMPLETED", "FAILED", "CANCELLED") else None)(_state(flow_run_id, env)),
+                  420, "the retried run to finish")
+    assert final == "COMPLETED", prefect("flow-run", "logs", flow_run_id, env=env, check=False).stdout[-3000:]
+    resumed_seconds = time.monotonic() - killed_at
+    (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id],
+                                f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert sorted({m.step for m in history}) == list(range(1, 9))  # every epoch, none lost, none extra
+    logs = prefect("flow-run", "logs", flow_run_id, env=env).stdout
+    assert re.search(r"resumed from .*last.ckpt after epoch [3-7]", logs), logs[-3000:]
+
+    reference = prefect("deployment", "run", "train-flow/wine-classifier", *params, "--watch", env=env, timeout=420)
+    reference_id = re.search(r"UUID: ([0-9a-f-]{36})", reference.stdout).group(1)
+    (uninterrupted,) = client.search_runs([run.info.experiment_id], f"tags.`prefect.flow_run_id` = '{reference_id}'")
+    for metric in ("test_accuracy", "test_f1", "test_auroc"):
+        assert run.data.metrics[metric] == pytest.approx(uninterrupted.data.metrics[metric], abs=1e-6), metric
+    print(f"killed after epoch >= 3; retry to completion took {resumed_seconds:.1f} s")
