@@ -3,13 +3,15 @@
 The data is collected, validated, split and preprocessed once, into the sweep's parent MLflow run; each trial trains
 and evaluates into its own child run (tag mlflow.parentRunId), so the MLflow UI groups the trials under the parent
 and its compare view and parallel-coordinates plot show the trade-off. At most `sweep.max_concurrency` trials run
-at once, on the flow's thread-pool task runner. The best trial by `sweep.metric` is tagged on the parent run and
+at once, on a thread pool or on Dask (prefect-dask; a LocalCluster or a given scheduler), chosen by
+`sweep.runner`. The best trial by `sweep.metric` is tagged on the parent run and
 reported in a Prefect markdown artifact.
 """
 import itertools
 import os
 import random
 import shutil
+import socket
 from typing import Any, Literal
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -55,6 +57,22 @@ class SweepConfig(BaseModel):
     metric: str = Field("best_val_loss", description="Chooses the best trial: best_val_loss (the lowest val_loss "
                         "of the trial), or a test metric such as test_accuracy. Lower is better for *_loss/_mse/_mae.")
     max_concurrency: int = Field(2, ge=1, le=MAX_WORKERS, description="Trials running at once.")
+    runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: the flow's thread pool on this machine; dask: prefect-dask's "
+        "DaskTaskRunner, on dask_address or else a LocalCluster of dask_workers processes.")
+    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster (tcp://host:8786).")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster (runner: dask).")
+
+    def task_runner(self):
+        if self.runner == "threads":
+            return ThreadPoolTaskRunner(max_workers=self.max_concurrency)
+        from prefect_dask import DaskTaskRunner
+
+        if self.dask_address:
+            return DaskTaskRunner(address=self.dask_address)
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs={"n_workers": self.dask_workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
 
     @field_validator("parameters")
     @classmethod
@@ -99,7 +117,8 @@ def trial(prepared: Prepared, index: int, overrides: dict, model_config: ModelCo
     client = tracking.configure()
     child = client.create_run(experiment_id, run_name=f"{parent_name}-trial-{index}",
                               tags={"mlflow.parentRunId": parent_run_id, "torchyard.sweep.trial": str(index),
-                                    "prefect.flow_run_id": str(flow_run.id or "local")}).info.run_id
+                                    "prefect.flow_run_id": str(flow_run.id or "local"),
+                                    "torchyard.sweep.worker": f"{socket.gethostname()}:{os.getpid()}"}).info.run_id
     summary = {"index": index, "run_id": child, "overrides": overrides}
     try:
         tracking.log_params(child, "sweep", overrides)
@@ -155,8 +174,9 @@ def sweep_flow(
             validated = validate_task(snapshot, base.data, base.image, base.text, parent)
             splits = split_task(validated, base.split, seed, parent)
             prepared = preprocess_task(validated, splits, base.preprocess, base.image, base.text, parent)
-            results = _run_trials(prepared, trials, configs, sweep.max_concurrency, seed, experiment_id, parent, name,
-                                  work_dir)
+            run_trials = sweep_trials.with_options(task_runner=sweep.task_runner())
+            results = run_trials(prepared, trials, configs, sweep.max_concurrency, seed, experiment_id, parent, name,
+                                 work_dir)
             best = _best(results, sweep.metric)
         except BaseException as exc:
             reason = user_facing(exc)
@@ -173,8 +193,11 @@ def sweep_flow(
     return {"parent_run_id": parent, "experiment_id": experiment_id, "best": best, "trials": results}
 
 
-def _run_trials(prepared, trials, configs, concurrency, seed, experiment_id, parent, name, work_dir) -> list[dict]:
-    """Keep at most `concurrency` trials in flight; results in trial order."""
+@flow(name="sweep-trials", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+def sweep_trials(prepared: Prepared, trials: list[dict], configs: list, concurrency: int, seed: int,
+                 experiment_id: str, parent: str, name: str, work_dir) -> list[dict]:
+    """The trials, as a subflow so that sweep.runner picks its task runner (threads or Dask) at run time. At most
+    `concurrency` trials are in flight; results in trial order."""
     queue = list(enumerate(zip(trials, configs)))
     running, results = [], []
     while queue or running:

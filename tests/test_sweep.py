@@ -1,4 +1,5 @@
 """sweep-flow: concurrent trials as MLflow child runs under one parent, best trial reported."""
+import os
 import uuid
 
 import pytest
@@ -56,3 +57,18 @@ def test_the_sweep_deployment_is_valid():
     sweep = SweepConfig(**spec["parameters"]["sweep"])
     base = RunConfig(**{k: v for k, v in spec["parameters"].items() if k != "sweep"})
     assert len([apply(base, t) for t in sweep.trials(42)]) == 8
+
+
+def test_sweep_on_a_dask_local_cluster_with_two_workers(mlflow_client):
+    from flows.sweep_flow import sweep_flow
+
+    sweep = SweepConfig(parameters={"train.lr": [0.01, 0.003]}, runner="dask", dask_workers=2, max_concurrency=2)
+    state = sweep_flow(sweep=sweep, train=TrainerConfig(n_epochs=3, batch_size=32),
+                       experiment=f"dask-{uuid.uuid4().hex[:8]}", return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    children = mlflow_client.search_runs([result["experiment_id"]],
+                                         f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    workers = {c.data.tags["torchyard.sweep.worker"].split(":")[1] for c in children}
+    assert str(os.getpid()) not in workers  # trained in the Dask worker processes, not here
