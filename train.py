@@ -28,6 +28,9 @@ FLAGS = {
     "n_epochs": ("train", "n_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"), "gpu_id": ("train", "gpu_id"), "cpu_threads": ("train", "cpu_threads"),
     "gpu_memory_fraction": ("train", "gpu_memory_fraction"),
+    "nproc_per_node": ("train.distributed", "nproc_per_node"), "nnodes": ("train.distributed", "nnodes"),
+    "node_rank": ("train.distributed", "node_rank"), "master_addr": ("train.distributed", "master_addr"),
+    "master_port": ("train.distributed", "master_port"),
     "scheduler": ("train.scheduler", "name"), "patience": ("train.early_stopping", "patience"),
     "scaler": ("preprocess", "scaler"), "missing": ("preprocess", "missing"),
     "model_name": ("export", "model_name"),
@@ -65,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--freeze_features", action="store_true", default=None, help="with --pretrained: train the head only")
     p.add_argument("--gpu_id", type=int, help="-1 for CPU, N for cuda:N")
     p.add_argument("--cpu_threads", type=int, help="cap torch's CPU threads")
+    p.add_argument("--nproc_per_node", type=int, help="data-parallel training (DDP under torchrun): processes here")
+    p.add_argument("--nnodes", type=int, help="DDP: machines in all")
+    p.add_argument("--node_rank", type=int, help="DDP: this machine's rank")
+    p.add_argument("--master_addr", help="DDP: rank 0's address")
+    p.add_argument("--master_port", type=int, help="DDP: rank 0's port")
     p.add_argument("--gpu_memory_fraction", type=float, help="cap this process's share of the GPU memory (0-1]")
     p.add_argument("--batch_size", type=int)
     p.add_argument("--n_epochs", type=int)

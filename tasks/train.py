@@ -1,5 +1,9 @@
 """train: build the network from config and run the trainer, with checkpoints, early stopping and per-epoch
 metrics sent to MLflow asynchronously so that logging does not slow the loop."""
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,11 +20,11 @@ from serving.registry import resolve
 from tasks import tracking
 from tasks.inputs import batch_source, input_size, load_transform
 from tasks.steps import Prepared, Trained
-from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint, resolve_mode
+from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint
 from training.config import TrainerConfig
 from training.device import apply_limits, select_device
 from training.objectives import make_objective
-from training.optim import build_optimizer, build_scheduler
+from training.optim import make_trainer
 from training.trainer import Trainer
 
 
@@ -81,13 +85,42 @@ def build_trainer(transform, model_config: ModelConfig, config: TrainerConfig, s
     network, built_from = build_network(model_config, transform, objective.output_size, logger)
     if device.type == "cuda" and built_from.type == "cnn":
         network = network.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
-    monitor = config.early_stopping.monitor
-    scheduler = build_scheduler(optimizer, config.scheduler, config.n_epochs,
-                                resolve_mode(monitor, config.early_stopping.mode))
-    trainer = Trainer(network, objective, optimizer, scheduler, max_epochs=config.n_epochs, device=device, seed=seed,
-                      monitor=monitor, callbacks=callbacks)
-    return trainer, built_from
+    return make_trainer(network, objective, config, seed, device, callbacks), built_from
+
+
+def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
+                      device: torch.device, run_id: str, checkpoint_dir: Path, logger) -> tuple[list[dict], Path]:
+    """Run training/ddp.py under torchrun; rank 0's history is logged to MLflow here, after the fact."""
+    if isinstance(transform, ImageTransform) or model_config.pretrained:
+        raise DataError("train.distributed is offered for tables and texts trained from scratch; images and "
+                        "model.pretrained train in one process")
+    dist = config.distributed
+    out = Path(checkpoint_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = transform.target
+    job = {"arrays": str(prepared.arrays), "model": model_config.model_dump(), "train": config.model_dump(),
+           "task": target["task"], "n_classes": len(target["classes"]), "input_size": input_size(transform),
+           "seed": seed, "device": device.type, "checkpoint_dir": str(out), "out_dir": str(out)}
+    (out / "job.json").write_text(json.dumps(job))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.nproc_per_node),
+               "--nnodes", str(dist.nnodes), "--node_rank", str(dist.node_rank), "--master_addr", dist.master_addr,
+               "--master_port", str(dist.master_port), "-m", "training.ddp", str(out / "job.json")]
+    logger.info(f"data-parallel training: {dist.nproc_per_node} process(es) x {dist.nnodes} node(s) "
+                f"({'nccl' if device.type == 'cuda' else 'gloo'})")
+    process = subprocess.Popen(command, cwd=tracking.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    tail = []
+    for line in process.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-40:]
+        if line.startswith("epoch ") or "resumed from" in line:
+            logger.info(line)
+    if process.wait() != 0:
+        raise RuntimeError(f"torchrun exited with {process.returncode}:\n" + "\n".join(tail))
+    history = json.loads((out / "history.json").read_text())["history"]
+    for metrics in history:
+        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+    return history, out / "network.pt"
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -102,6 +135,15 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
         logger.info("resource limits: " + ", ".join(limits))
     transform = load_transform(prepared)
     workers = transform.config.workers if isinstance(transform, ImageTransform) else 0
+    if config.distributed.enabled:
+        tracking.log_params(run_id, "model", model_config.model_dump())
+        tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device)})
+        started = time.perf_counter()
+        history, path = train_distributed(prepared, transform, model_config, config, seed, device, run_id,
+                                          checkpoint_dir, logger)
+        tracking.log_metrics(run_id, {"train_seconds": time.perf_counter() - started, "epochs_run": len(history)})
+        processes = config.distributed.nproc_per_node * config.distributed.nnodes
+        return Trained(path, len(history), f"{device} x {processes} processes")
     stopping = config.early_stopping
     mlflow_logger = MlflowEpochLogger(run_id)
     callbacks = [mlflow_logger, EpochSummary(logger.info), ModelCheckpoint(checkpoint_dir, logger.info)]

@@ -75,9 +75,10 @@ class ModelCheckpoint(Callback):
     """Writes the whole training state (model, optimizer, scheduler, epoch, RNG, callbacks) after every epoch and
     resumes from it at fit start, so a retried task continues where the last one stopped."""
 
-    def __init__(self, dirpath: str | os.PathLike, log=None):
+    def __init__(self, dirpath: str | os.PathLike, log=None, write: bool = True):
         self.path = Path(dirpath) / "last.ckpt"
         self.log = log or logging.getLogger("torchyard.training").info
+        self.write = write  # data-parallel training: every process resumes, only rank 0 writes
         self.resumed_from: int | None = None
 
     def on_fit_start(self, trainer):
@@ -87,6 +88,8 @@ class ModelCheckpoint(Callback):
             self.log(f"resumed from {self.path} after epoch {trainer.epoch}")
 
     def on_epoch_end(self, trainer, metrics):
+        if not self.write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
         torch.save(trainer.state_dict(), partial)

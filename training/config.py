@@ -41,6 +41,20 @@ class SchedulerConfig(_Section):
         return aliases.get(value.lower(), value)
 
 
+class DistributedConfig(_Section):
+    """Data-parallel training (DDP) launched by torchrun; 1 process per node means no DDP. The flags are torchrun's."""
+
+    nproc_per_node: int = Field(1, ge=1, description="Processes on this machine: GPUs on CUDA, or CPU processes.")
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, ge=1, le=65535)
+
+    @property
+    def enabled(self) -> bool:
+        return self.nproc_per_node * self.nnodes > 1
+
+
 class EarlyStoppingConfig(_Section):
     enabled: bool = True
     monitor: str = Field("val_loss", description="Any logged epoch metric: val_loss, val_accuracy, val_mae, ...")
@@ -60,6 +74,7 @@ class TrainerConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     gpu_id: int = Field(-1, ge=-1, description="-1: CPU; N: cuda:N (falls back to CPU with a warning if absent).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     cpu_threads: int | None = Field(None, ge=1, description="Cap on torch's CPU threads for this training "
                                     "(torch.set_num_threads); default: torch's own choice.")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="Cap on the share of the GPU's memory "

@@ -61,3 +61,29 @@ class TokenData(TensorData):
         step = self.batch_size  # padding is per batch: big evaluation batches would pad to the longest text
         for start in range(0, len(self), step):
             yield self._cut(self.features[start:start + step]), self.targets[start:start + step]
+
+
+class ShardedTensorData(TensorData):
+    """One process's part of a data-parallel epoch: every process draws the same global order (same generator
+    state), and each global batch of `batch_size` rows is split across the `world` processes (rank r takes rows
+    r, r + world, ...), so the union of one step's shards is the batch a single process would have drawn."""
+
+    def __init__(self, features, targets, batch_size: int, rank: int, world: int):
+        super().__init__(features, targets, batch_size)
+        self.rank, self.world = rank, world
+        self.local_rows = 0  # rows this process trained on in the last epoch
+
+    def to(self, device) -> "ShardedTensorData":
+        return ShardedTensorData(self.features.to(device), self.targets.to(device), self.batch_size, self.rank,
+                                 self.world)
+
+    def epoch(self, generator: torch.Generator):
+        order = torch.randperm(len(self), generator=generator).to(self.features.device)
+        self.local_rows = 0
+        for start in range(0, len(self), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if len(batch) < 2 * self.world:  # every process must step, with at least 2 rows (BatchNorm)
+                continue
+            index = batch[self.rank::self.world]
+            self.local_rows += len(index)
+            yield self.features[index], self.targets[index]

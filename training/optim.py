@@ -50,3 +50,16 @@ def build_scheduler(optimizer, config: SchedulerConfig, n_epochs: int, monitor_m
     if name == "CosineAnnealingLR":
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.t_max or n_epochs, eta_min=config.eta_min)
     return lr_scheduler.ReduceLROnPlateau(optimizer, mode=monitor_mode, factor=config.factor, patience=config.patience)
+
+
+def make_trainer(network, objective, config: TrainerConfig, seed: int, device, callbacks, trainer_class=None):
+    """Optimizer (trainable parameters only) and scheduler from config, wired into a Trainer (or a subclass)."""
+    from training.callbacks import resolve_mode
+    from training.trainer import Trainer
+
+    optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
+    monitor = config.early_stopping.monitor
+    scheduler = build_scheduler(optimizer, config.scheduler, config.n_epochs,
+                                resolve_mode(monitor, config.early_stopping.mode))
+    return (trainer_class or Trainer)(network, objective, optimizer, scheduler, max_epochs=config.n_epochs,
+                                      device=device, seed=seed, monitor=monitor, callbacks=callbacks)

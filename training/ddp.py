@@ -1,0 +1,91 @@
+"""Data-parallel training with torch.distributed (DDP), one process per device, launched by torchrun:
+
+    python -m torch.distributed.run --nproc_per_node 2 -m training.ddp JOB.json
+    (multi-node: --nnodes 2 --node_rank 0 --master_addr host --master_port 29500, passed through by the train task)
+
+JOB.json (written by tasks/train.py) names the prepared arrays, the model and trainer configs, the seed and the
+output folder. Backend: gloo on the CPU, nccl on CUDA (each process takes cuda:LOCAL_RANK). Every process draws the
+same shuffled order and trains on its stride of each global batch (training/data.py ShardedTensorData); DDP
+averages the gradients, so a step sees the same rows as a single process would. The train loss is reduced across
+processes; validation runs on the full val split in every process (identical weights give identical metrics, so
+early stopping and LR schedules decide alike). Only rank 0 writes checkpoints, the network and the history; the
+Prefect task that launched torchrun logs them to MLflow. Imports neither prefect nor mlflow.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from models import build_model, save_network
+from models.config import ModelConfig
+from training.callbacks import EarlyStopping, EpochSummary, ModelCheckpoint
+from training.config import TrainerConfig
+from training.data import ShardedTensorData, TensorData, TokenData
+from training.objectives import make_objective
+from training.optim import make_trainer
+from training.trainer import Trainer
+
+
+class DistributedTrainer(Trainer):
+    def _train_epoch(self, data) -> float:
+        local = super()._train_epoch(data)
+        total = torch.tensor([local * data.local_rows, float(data.local_rows)], dtype=torch.float64,
+                             device=self.device)
+        dist.all_reduce(total)
+        return (total[0] / total[1]).item()
+
+
+def run(job: dict) -> list[dict]:
+    """Train in this process as one rank of the job; returns the history (rank 0 also writes the outputs)."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = job["device"] == "cuda" and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        config = TrainerConfig(**job["train"])
+        arrays = np.load(job["arrays"])
+        token_ids = "train_ids" in arrays.files
+        kind = "ids" if token_ids else "features"
+        train = ShardedTensorData(torch.from_numpy(arrays[f"train_{kind}"]), torch.from_numpy(arrays["train_targets"]),
+                                  config.batch_size, rank, world)
+        val_class = TokenData if token_ids else TensorData
+        val = val_class(torch.from_numpy(arrays[f"val_{kind}"]), torch.from_numpy(arrays["val_targets"]),
+                        config.batch_size)
+        objective = make_objective(job["task"], job["n_classes"])
+        torch.manual_seed(job["seed"])
+        network = build_model(ModelConfig(**job["model"]), job["input_size"], objective.output_size).to(device)
+        model = DistributedDataParallel(network, device_ids=[local_rank] if cuda else None)
+        stopping = config.early_stopping
+        callbacks = [ModelCheckpoint(job["checkpoint_dir"], write=rank == 0)]
+        if stopping.enabled:
+            callbacks.insert(0, EarlyStopping(stopping.monitor, stopping.mode, stopping.patience, stopping.min_delta,
+                                              stopping.restore_best))
+        if rank == 0:
+            callbacks.append(EpochSummary(lambda line: print(line, flush=True)))
+        trainer = make_trainer(model, objective, config, job["seed"], device, callbacks, DistributedTrainer)
+        trainer.progress_bar = False
+        started = time.perf_counter()
+        history = trainer.fit(train, val)
+        seconds = time.perf_counter() - started
+        if rank == 0:
+            out = Path(job["out_dir"])
+            save_network(out / "network.pt", ModelConfig(**job["model"]), job["input_size"], objective.output_size,
+                         model.module)
+            (out / "history.json").write_text(json.dumps({"history": history, "world_size": world,
+                                                          "backend": dist.get_backend(), "fit_seconds": seconds}))
+        return history
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(json.loads(Path(sys.argv[1]).read_text()))
