@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -82,3 +83,68 @@ def test_two_runs_at_once_on_one_store_both_complete_and_register(mlflow_client,
     versions = mlflow_client.search_model_versions(f"name = '{name}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert mlflow_client.get_model_version_by_alias(name, "champion") is not None
+
+
+def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
+    """A real `mlflow server`, killed after the second epoch and back 5 s later: MLflow's client retries the
+    metric batches, the run completes, and every epoch is recorded once."""
+    import signal
+    import threading
+    import urllib.request
+
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "server.db"
+
+    def start():
+        return subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                                 f"sqlite:///{db}", "--artifacts-destination", str(tmp_path / "artifacts"),
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_healthy():
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("mlflow server did not start")
+
+    servers = [start()]
+    wait_healthy()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30000, 8))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
+    frame["target"] = np.where(x[:, 0] > 0, "a", "b")
+    frame.to_csv(tmp_path / "outage.csv", index=False)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "TORCHYARD_WORK_DIR": str(tmp_path / "work")}
+    process = subprocess.Popen([sys.executable, "train.py", "--data", str(tmp_path / "outage.csv"), "--n_epochs", "6",
+                                "--batch_size", "32", "--patience", "20"], cwd=REPO, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "epoch 2/6" in line and len(servers) == 1:
+                os.killpg(servers[0].pid, signal.SIGKILL)
+                servers[0].wait()
+                servers.append(None)
+                threading.Timer(5, lambda: servers.__setitem__(1, start())).start()
+        assert process.wait(timeout=300) == 0, "".join(lines[-30:])
+    finally:
+        time.sleep(6)  # the restart timer may still be pending
+        for server in servers:
+            if server is not None and server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+    assert any("Connection refused" in line for line in lines)  # the outage really happened mid-run
+    client = MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2, 3, 4, 5, 6]
