@@ -90,7 +90,6 @@ def main(argv=None) -> int:
         print(json.dumps(asyncio.run(_drive(url, Path(body_file).read_bytes(), float(seconds), args.concurrency))))
         return 0
 
-    import pandas as pd
 
     from preprocessing.sources import load_sample
     from serving.inference import Predictor
@@ -130,8 +129,10 @@ def main(argv=None) -> int:
                 rate = result["requests"] / result["seconds"]
                 print(f"{name:<22}{rate:>10.0f}{rate * batch:>10.0f}{result['p50_ms']:>9.2f}{result['p99_ms']:>9.2f}"
                       f"{result.get('errors', 0):>8}")
-            print(f"  HTTP / ORT alone: {served['requests'] / served['seconds'] / (direct['requests'] / direct['seconds']):.3f}"
-                  f"  HTTP / Predictor: {served['requests'] / served['seconds'] / (whole['requests'] / whole['seconds']):.3f}")
+            rate = {name: r["requests"] / r["seconds"] for name, r in (("http", served), ("ort", direct),
+                                                                         ("predictor", whole))}
+            print(f"  HTTP / ORT alone: {rate['http'] / rate['ort']:.3f}  HTTP / Predictor: "
+                  f"{rate['http'] / rate['predictor']:.3f}")
     finally:
         server.terminate()
         server.wait(timeout=30)

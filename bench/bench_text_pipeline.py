@@ -100,8 +100,9 @@ def main(argv=None) -> int:
     project_s, (state, ids) = timed(text.fit, texts, TARGET, TextConfig(), repeat=args.repeat)
     baseline_s, counts = timed(baseline, texts, repeat=args.repeat)
     same_s, _ = timed(same_work, texts, repeat=args.repeat)
-    print(f"project   {megabytes / project_s:7.1f} MB/s  ({project_s:.2f} s; vocabulary {state['stats']['vocab_before']:,}"
-          f" -> {state['stats']['vocab_after']:,}, ids {ids.shape[0]:,} x {ids.shape[1]})")
+    stats = state["stats"]
+    print(f"project   {megabytes / project_s:7.1f} MB/s  ({project_s:.2f} s; vocabulary {stats['vocab_before']:,}"
+          f" -> {stats['vocab_after']:,}, ids {ids.shape[0]:,} x {ids.shape[1]})")
     print(f"baseline  {megabytes / baseline_s:7.1f} MB/s  ({baseline_s:.2f} s; {len(counts):,} distinct words; "
           "regex split + Counter, no cleaning)")
     print(f"same-work {megabytes / same_s:7.1f} MB/s  ({same_s:.2f} s; the project's cleaning in plain Python)")

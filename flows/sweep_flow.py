@@ -156,6 +156,7 @@ def sweep_flow(
     configs = [apply(base, overrides) for overrides in trials]  # every trial's config is valid before any runs
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
+    tracking.check_reachable()
     work_dir = work_root() / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
     client = tracking.configure()

@@ -94,7 +94,8 @@ def train_flow(
             model_path = Path(exported.bundle)
             if config.model_fn:
                 model_path = _publish(exported.bundle, config.model_fn)
-                logger.info(f"model file written to {model_path} (and {model_path.with_suffix('.onnx').name} beside it)")
+                logger.info(f"model file written to {model_path} (and {model_path.with_suffix('.onnx').name} "
+                            "beside it)")
             version, promotion = None, None
             if config.export.register_model:
                 version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint,

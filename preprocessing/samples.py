@@ -33,7 +33,8 @@ def reviews(n: int = 1200, seed: int = 0) -> pd.DataFrame:
             other = rng.choice([k for k in PHRASES if k != label])
             words.append(rng.choice(PHRASES[other]))
         rng.shuffle(words)
-        texts.append((" ".join(w for w in words if w) + rng.choice(["", "!", "!!", ".", " ㅋㅋ", " ㅠㅠ", "..."])).strip())
+        ending = rng.choice(["", "!", "!!", ".", " ㅋㅋ", " ㅠㅠ", "..."])
+        texts.append((" ".join(w for w in words if w) + ending).strip())
         low, high = RATINGS[label]
         ratings.append(float(np.clip(rng.integers(low, high + 1) + rng.normal(0, 0.3), 1, 5)))
     return pd.DataFrame({"text": texts, "label": labels.astype(str), "rating": np.round(ratings, 2)})

@@ -147,7 +147,8 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None) -> FastAPI
     loaded = loaded or load(settings.model)
     state = _State(settings, loaded)
     app = FastAPI(title="torchyard model server", version="1",
-                  description=f"Serves {loaded.ref.uri} ({loaded.predictor.data_type}, {loaded.predictor.bundle['task']}).")
+                  description=f"Serves {loaded.ref.uri} ({loaded.predictor.data_type}, "
+                              f"{loaded.predictor.bundle['task']}).")
     app.state.serving = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _error_handlers(app)

@@ -70,7 +70,8 @@ def decide(challenger: float, champion: float | None, metric: str, min_improveme
     improvement = champion - challenger if lower_is_better(metric) else challenger - champion
     if improvement > 0 and improvement >= min_improvement:
         return True, f"{metric} improved by {improvement:.4g} (at least {min_improvement:g} required)"
-    return False, (f"{metric} changed by {improvement:+.4g} (better is {'lower' if lower_is_better(metric) else 'higher'}); "
+    better = "lower" if lower_is_better(metric) else "higher"
+    return False, (f"{metric} changed by {improvement:+.4g} (better is {better}); "
                    f"promotion needs an improvement above 0 and of at least {min_improvement:g}")
 
 

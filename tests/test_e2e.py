@@ -135,8 +135,11 @@ def test_kill_9_mid_training_then_retry_resumes_and_matches_an_uninterrupted_run
 
     retried = prefect("flow-run", "retry", flow_run_id, env=env, timeout=60, check=False)
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    final = _wait(lambda: (lambda s: s if s in ("COMPLETED", "FAILED", "CANCELLED") else None)(_state(flow_run_id, env)),
-                  420, "the retried run to finish")
+    def finished():
+        state = _state(flow_run_id, env)
+        return state if state in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+    final = _wait(finished, 420, "the retried run to finish")
     assert final == "COMPLETED", prefect("flow-run", "logs", flow_run_id, env=env, check=False).stdout[-3000:]
     resumed_seconds = time.monotonic() - killed_at
     (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id],

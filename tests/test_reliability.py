@@ -45,7 +45,8 @@ def test_an_unwritable_model_folder_fails_before_training_and_is_recorded(tmp_pa
     state = train_flow(train=fast_train, model_fn=str(blocker / "m.pth"), experiment=f"rel-{uuid.uuid4().hex[:6]}",
                        return_state=True)
     assert state.is_failed()
-    with pytest.raises(TorchyardError, match=f"cannot write to the model_fn folder {blocker}: it is a file, not a folder"):
+    message = f"cannot write to the model_fn folder {blocker}: it is a file, not a folder"
+    with pytest.raises(TorchyardError, match=message):
         state.result()
     run = mlflow_run(mlflow_client, state)
     assert run.info.status == "FAILED" and "cannot write to the model_fn folder" in run.data.tags["failure_reason"]

@@ -98,7 +98,8 @@ def _frame(texts, labels):
 
 
 def test_validation_drops_and_counts_empty_and_null_texts():
-    frame = _frame(["좋아", "", None, "   ", "싫어", "좋아요", "별로", "최고", "최악"], ["p", "n", "p", "n", "n", "p", "n", "p", "n"])
+    frame = _frame(["좋아", "", None, "   ", "싫어", "좋아요", "별로", "최고", "최악"],
+                   ["p", "n", "p", "n", "n", "p", "n", "p", "n"])
     kept, schema = text.validate_texts(frame, DataConfig(data_type="text"), TextConfig(), "t.csv")
     assert len(kept) == 6 and schema.classes == ["n", "p"]
     assert any("dropped 3 rows whose text 'text' is empty or null (1 null, 2 blank)" in n for n in schema.notes)
