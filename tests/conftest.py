@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="torchyard-tests-"))
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
+_SESSION_URI = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
+os.environ["MLFLOW_TRACKING_URI"] = _SESSION_URI
 os.environ["TORCHYARD_WORK_DIR"] = str(_SESSION_DIR / "work")
 os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
 os.environ["TORCHYARD_CACHE_DIR"] = str(_SESSION_DIR / "cache")
@@ -46,3 +47,14 @@ def fast_train():
     from training.config import TrainerConfig
 
     return TrainerConfig(n_epochs=6, batch_size=32, lr=0.01)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_session_store():
+    """mlflow.set_tracking_uri also rewrites os.environ["MLFLOW_TRACKING_URI"]; a test that points MLflow elsewhere
+    must not send every later test's runs there."""
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != _SESSION_URI:
+        import mlflow
+
+        mlflow.set_tracking_uri(_SESSION_URI)

@@ -70,8 +70,14 @@ def test_deployment_run_completes_and_is_tracked(stack):
 
     import mlflow.onnx
 
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.onnx.load_model(f"models:/wine-mlp/{version.version}")
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)  # careful: this also sets os.environ["MLFLOW_TRACKING_URI"] for later tests
+    mlflow.set_registry_uri(uri)
+    try:
+        model = mlflow.onnx.load_model(f"models:/wine-mlp/{version.version}")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     assert model.graph.input[0].name == "features"
 
 
