@@ -154,17 +154,22 @@ from tasks import tracking
 client = tracking.configure()
 version = max(client.search_model_versions(), key=lambda m: m.creation_timestamp, default=None)
 if version:
+    try:  # the champion of the newest model name (a retraining run may have registered a version that lost)
+        version = client.get_model_version_by_alias(version.name, "champion")
+    except Exception:
+        pass
     run = client.get_run(version.run_id)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.data.metrics.items()) if k.startswith("test_"))
     model_file = urlparse(run.info.artifact_uri).path + "/model_file/model.pth"
-    print(f"Registered:  models:/{version.name}/{version.version} (run {version.run_id})")
+    print(f"Champion:    models:/{version.name}/{version.version} (run {version.run_id})")
     print(f"Test split:  {metrics}")
     print(f"Predict:     python predict.py --model_fn {model_file} --input rows.csv")
+    print(f"Serve:       make serve MODEL={version.name}  (its @champion; API docs on http://127.0.0.1:8000/docs)")
 """
 
 
 def latest_model_summary(env: dict) -> str:
-    """The newest registered version, its test metrics and its model file, read from the MLflow store."""
+    """The champion of the newest registered model, its test metrics and model file, read from the MLflow store."""
     result = subprocess.run([sys.executable, "-c", _SUMMARY], env=env, cwd=REPO, capture_output=True, text=True)
     return result.stdout.strip()
 
