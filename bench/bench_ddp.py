@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import build_model  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from training.config import TrainerConfig  # noqa: E402
+from training.config import DistributedConfig, TrainerConfig  # noqa: E402
 from training.data import TensorData  # noqa: E402
+from training.ddp import torchrun_command, write_job  # noqa: E402
 from training.objectives import make_objective  # noqa: E402
 from training.optim import make_trainer  # noqa: E402
 
@@ -54,19 +55,15 @@ def main(argv=None) -> int:
                 TensorData(torch.from_numpy(x[args.rows:]), torch.from_numpy(y[args.rows:]), 512))
     single = time.perf_counter() - started
 
-    job = {"arrays": str(work / "arrays.npz"), "model": model.model_dump(), "train": train.model_dump(),
-           "task": "classification", "n_classes": 2, "input_size": 32, "seed": 0, "device": "cpu",
-           "checkpoint_dir": str(work / "ckpt"), "out_dir": str(work)}
-    (work / "job.json").write_text(json.dumps(job))
+    job = write_job(work, arrays=work / "arrays.npz", model=model, train=train, task="classification", n_classes=2,
+                    input_size=32, seed=0, device="cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     threads = max(1, (os.cpu_count() or 1) // args.nproc)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-                    "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "training.ddp",
-                    str(work / "job.json")], cwd=ROOT, check=True, capture_output=True,
-                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    subprocess.run(torchrun_command(job, DistributedConfig(nproc_per_node=args.nproc, master_port=port)), cwd=ROOT,
+                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     ddp = time.perf_counter() - started
     fit = json.loads((work / "history.json").read_text())["fit_seconds"]
     print(f"{args.rows:,} rows x 32, {args.epochs} epochs, MLP 4x256, batch 512, {os.cpu_count()} cores")

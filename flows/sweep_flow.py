@@ -26,18 +26,14 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, field_validator  # noqa: E402
 
 from flows.config import RunConfig  # noqa: E402
-from flows.train_flow import work_root  # noqa: E402
+from flows.train_flow import prepare, work_root  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
-from preprocessing.errors import user_facing  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
-from tasks.preprocess import preprocess as preprocess_task  # noqa: E402
-from tasks.split import split as split_task  # noqa: E402
 from tasks.steps import Prepared  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
-from tasks.validate import validate as validate_task  # noqa: E402
 from training.config import TrainerConfig  # noqa: E402
 from training.evaluation import lower_is_better  # noqa: E402
 
@@ -130,11 +126,10 @@ def trial(prepared: Prepared, index: int, overrides: dict, model_config: ModelCo
         client.set_terminated(child, "FINISHED")
         return {**summary, "status": "FINISHED", "metrics": metrics}
     except Exception as exc:  # a failed trial is recorded; the sweep goes on
-        reason = user_facing(exc) or f"{type(exc).__name__}: {exc}"
-        tracking.set_tags(child, {"failure_reason": str(reason)[:5000]})
+        reason = tracking.record_failure(child, exc)
         client.set_terminated(child, "FAILED")
         get_run_logger().warning(f"trial {index} {overrides} failed: {reason}")
-        return {**summary, "status": "FAILED", "reason": str(reason), "metrics": {}}
+        return {**summary, "status": "FAILED", "reason": reason, "metrics": {}}
 
 
 @flow(name="sweep-flow", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
@@ -172,16 +167,13 @@ def sweep_flow(
         logger.info(f"sweep of {len(trials)} trial(s), {sweep.max_concurrency} at a time; MLflow parent run {parent}")
         try:
             snapshot = collect_task(base.data, base.image, parent, work_dir)
-            validated = validate_task(snapshot, base.data, base.image, base.text, parent)
-            splits = split_task(validated, base.split, seed, parent)
-            prepared = preprocess_task(validated, splits, base.preprocess, base.image, base.text, parent)
+            _, prepared = prepare(base, snapshot, parent)
             run_trials = sweep_trials.with_options(task_runner=sweep.task_runner())
             results = run_trials(prepared, trials, configs, sweep.max_concurrency, seed, experiment_id, parent, name,
                                  work_dir)
             best = _best(results, sweep.metric)
         except BaseException as exc:
-            reason = user_facing(exc)
-            tracking.set_tags(parent, {"failure_reason": str(reason or f"{type(exc).__name__}: {exc}")[:5000]})
+            tracking.record_failure(parent, exc)
             raise
         tracking.set_tags(parent, {"best_run_id": best["run_id"], "best_trial": str(best["index"]),
                                    "best_parameters": str(best["overrides"])})

@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_UI_URL  # noqa: E402
 from flows.config import ExportConfig, PromoteConfig, RunConfig  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
-from preprocessing.errors import TorchyardError, user_facing  # noqa: E402
+from preprocessing.errors import TorchyardError  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
@@ -34,6 +34,13 @@ from tasks.train import train as train_task  # noqa: E402
 from tasks.validate import validate as validate_task  # noqa: E402
 from training.config import TrainerConfig  # noqa: E402
 
+
+
+def prepare(config: RunConfig, snapshot, run_id: str):
+    """validate -> split -> preprocess of a collected snapshot, logging to `run_id`: what training starts from."""
+    validated = validate_task(snapshot, config.data, config.image, config.text, run_id)
+    splits = split_task(validated, config.split, config.seed, run_id)
+    return validated, preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id)
 
 
 def work_root() -> Path:
@@ -83,9 +90,7 @@ def train_flow(
                 champion = unchanged_since_champion(config.model_name, snapshot.fingerprint, config.config_hash())
                 if champion is not None:
                     return _no_new_data(config, champion, run_id, experiment_id, work_dir, logger)
-            validated = validate_task(snapshot, config.data, config.image, config.text, run_id)
-            splits = split_task(validated, config.split, config.seed, run_id)
-            prepared = preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id)
+            validated, prepared = prepare(config, snapshot, run_id)
             trained = train_task(prepared, config.model, config.train, config.seed, run_id, work_dir / "checkpoints")
             metrics = evaluate_task(prepared, trained, run_id)
             run_info = {"run_id": run_id, "experiment": config.experiment_name, "flow_run_id": run_key,
@@ -103,10 +108,7 @@ def train_flow(
                 promotion = promote_task(prepared, metrics, config.promote.metric_for(validated.schema["task"]),
                                          config.promote.min_improvement, config.model_name, version, run_id)
         except BaseException as exc:
-            reason = user_facing(exc)
-            reason = str(reason) if reason else f"{type(exc).__name__}: {exc}"
-            tracking.set_tags(run_id, {"failure_reason": reason[:5000]})
-            logger.error(f"train-flow failed: {reason}")
+            logger.error(f"train-flow failed: {tracking.record_failure(run_id, exc)}")
             raise
 
     shutil.rmtree(work_dir, ignore_errors=True)  # kept on failure so that a retry resumes from the checkpoint

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from preprocessing.config import ImageConfig
 from preprocessing.errors import DataError, TorchyardError
 from preprocessing.sources import SAMPLE_PREFIX, fetch, read_table
+from preprocessing.targets import TargetCodec
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
@@ -275,7 +276,7 @@ def local_contrast_normalize(x: torch.Tensor, sigma: float = 2.0, eps: float = 1
     return centred / torch.sqrt(blur(centred ** 2)).clamp_min(eps)
 
 
-class ImageTransform:
+class ImageTransform(TargetCodec):
     """Applies a fitted image state: raw files -> float32 NCHW model inputs, and outputs -> labels."""
 
     def __init__(self, state: dict):
@@ -319,10 +320,6 @@ class ImageTransform:
                 raise DataError(f"cannot read image {names[i] if names else path}: {exc}") from exc
         cropped = self.eval_crop(np.stack(images))
         return self.normalize(torch.from_numpy(cropped)).numpy()
-
-    def decode_predictions(self, outputs: np.ndarray) -> tuple[list, np.ndarray]:
-        classes = self.target["classes"]
-        return [classes[i] for i in outputs.argmax(axis=1)], outputs
 
 
 def cache_path(cache_root: Path, fingerprint: str, config: ImageConfig) -> Path:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from preprocessing.config import DataConfig, TextConfig
 from preprocessing.errors import DataError
 from preprocessing.targets import TargetCodec
-from preprocessing.validate import TableSchema, _decide_task, _numeric_target, check_classes
+from preprocessing.validate import TableSchema, drop_null_targets, target_task
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -173,12 +173,7 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise DataError(f"text column '{column}' in {name} holds numbers ({values.dtype}), not text; point "
                         "text.text_column at the column with the texts, or train a tabular model on it")
-    null_target = frame[target].isna()
-    if null_target.all():
-        raise DataError(f"target column '{target}' in {name} has no values: all {len(frame)} rows are null")
-    if null_target.any():
-        notes.append(f"dropped {int(null_target.sum())} rows whose target '{target}' is null")
-        frame = frame.loc[~null_target]
+    frame = drop_null_targets(frame, target, name, notes)
     text = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
     blank = text.isna() | (text.fillna("").str.strip() == "")
     if blank.all():
@@ -188,12 +183,7 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
                      f"({int(text.isna().sum())} null, {int((~text.isna() & blank).sum())} blank)")
     frame = frame.loc[~blank, [column, target]].assign(**{column: text[~blank]}).reset_index(drop=True)
 
-    task = _decide_task(frame[target], data.task)
-    classes: list = []
-    if task == "classification":
-        classes = check_classes(frame[target], target, name)
-    else:
-        frame = frame.assign(**{target: _numeric_target(frame[target], target, name)})
+    frame, task, classes = target_task(frame, target, data.task, name)
     if len(frame) < 3:
         raise DataError(f"{name} has {len(frame)} usable texts; a train/val/test split needs at least 3")
     return frame, TableSchema(target, task, [], [], classes, len(frame), notes)

@@ -42,24 +42,32 @@ def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[
     if target not in frame.columns:
         hint = "" if config.target else " (no target given; pass --target NAME)"
         raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(frame.columns)}")
+    frame = drop_null_targets(frame, target, name, notes)
+    numeric, categorical = _feature_roles(frame, config, target, name, notes)
+    frame, task, classes = target_task(frame, target, config.task, name)
+    if task == "regression" and len(frame) < MIN_ROWS_PER_CLASS:
+        raise DataError(f"{name} has {len(frame)} rows with a target; a train/val/test split needs at least 3")
+    schema = TableSchema(target, task, numeric, categorical, classes, len(frame), notes)
+    return frame, schema
+
+
+def drop_null_targets(frame: pd.DataFrame, target: str, name: str, notes: list[str]) -> pd.DataFrame:
+    """The rows with a target (dropped rows counted in `notes`); DataError when no row has one."""
     null_target = frame[target].isna()
     if null_target.all():
         raise DataError(f"target column '{target}' in {name} has no values: all {len(frame)} rows are null")
     if null_target.any():
         notes.append(f"dropped {int(null_target.sum())} rows whose target '{target}' is null")
         frame = frame.loc[~null_target].reset_index(drop=True)
+    return frame
 
-    numeric, categorical = _feature_roles(frame, config, target, name, notes)
-    task = _decide_task(frame[target], config.task)
-    classes: list = []
+
+def target_task(frame: pd.DataFrame, target: str, requested: str, name: str) -> tuple[pd.DataFrame, str, list]:
+    """The task (classification/regression), and the classes (checked) or the target made numeric (checked)."""
+    task = _decide_task(frame[target], requested)
     if task == "classification":
-        classes = check_classes(frame[target], target, name)
-    else:
-        frame = frame.assign(**{target: _numeric_target(frame[target], target, name)})
-        if len(frame) < MIN_ROWS_PER_CLASS:
-            raise DataError(f"{name} has {len(frame)} rows with a target; a train/val/test split needs at least 3")
-    schema = TableSchema(target, task, numeric, categorical, classes, len(frame), notes)
-    return frame, schema
+        return frame, task, check_classes(frame[target], target, name)
+    return frame.assign(**{target: _numeric_target(frame[target], target, name)}), task, []
 
 
 def _names(columns) -> str:

@@ -1,5 +1,6 @@
 """python -m serving --model models:/wine-mlp@champion --host 127.0.0.1 --port 8000 (make serve)."""
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -29,18 +30,22 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from preprocessing.errors import user_facing
     from serving.app import ServeSettings, create_app, load
+    from serving.registry import registry_uri
+
+    # the composition root: registry references are resolved through MLflow (tasks/registry.py), files need neither
+    registry = importlib.import_module("tasks.registry") if registry_uri(args.model) else None
 
     settings = ServeSettings(model=args.model, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                              max_image_side=args.max_image_side, reload_interval=args.reload_interval)
     try:
-        loaded = load(settings.model)
+        loaded = load(settings.model, registry)
     except Exception as exc:
         reason = user_facing(exc)
         if reason is None:
             raise
         print(f"error: cannot serve {args.model}: {reason}", file=sys.stderr)
         return 2
-    app = create_app(settings, loaded)
+    app = create_app(settings, loaded, registry)
     ref = loaded.ref
     logging.getLogger("torchyard.serving").info(
         f"serving {ref.uri}" + (f" version {ref.version}" if ref.version else "")

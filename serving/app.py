@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from preprocessing.errors import TorchyardError
 from serving.inference import Predictor
-from serving.registry import ModelRef, current_version, resolve
+from serving.registry import ModelRef, Registry, current_version, resolve
 
 log = logging.getLogger("torchyard.serving")
 
@@ -56,8 +56,9 @@ class Loaded:
     schema: dict
 
 
-def load(reference: str) -> Loaded:
-    bundle, ref = resolve(reference)
+def load(reference: str, registry: Registry | None = None) -> Loaded:
+    """The model at `reference`; registry references need `registry` (python -m serving passes MLflow's)."""
+    bundle, ref = resolve(reference, registry)
     predictor = Predictor(bundle)
     return Loaded(predictor, ref, input_schema(predictor))
 
@@ -121,14 +122,14 @@ def rows_request(schema: dict) -> type[BaseModel]:
 # ---------------------------------------------------------------- the app
 
 class _State:
-    def __init__(self, settings: ServeSettings, loaded: Loaded):
-        self.settings, self.current = settings, loaded
+    def __init__(self, settings: ServeSettings, loaded: Loaded, registry: Registry | None):
+        self.settings, self.current, self.registry = settings, loaded, registry
         self.lock = threading.Lock()  # one reload at a time; requests never wait on it
 
     def reload(self) -> dict:
         with self.lock:
             previous = self.current
-            fresh = load(self.settings.model)
+            fresh = load(self.settings.model, self.registry)
             if fresh.schema != previous.schema:
                 raise SchemaChanged(f"{fresh.ref.uri} version {fresh.ref.version} takes different inputs than the "
                                     "model being served; restart the server to serve it")
@@ -143,9 +144,9 @@ class SchemaChanged(TorchyardError):
     """The new model takes different inputs (409)."""
 
 
-def create_app(settings: ServeSettings, loaded: Loaded | None = None) -> FastAPI:
-    loaded = loaded or load(settings.model)
-    state = _State(settings, loaded)
+def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: Registry | None = None) -> FastAPI:
+    loaded = loaded or load(settings.model, registry)
+    state = _State(settings, loaded, registry)
     app = FastAPI(title="torchyard model server", version="1",
                   description=f"Serves {loaded.ref.uri} ({loaded.predictor.data_type}, "
                               f"{loaded.predictor.bundle['task']}).")
@@ -336,7 +337,7 @@ def _start_polling(state: _State, interval: float) -> None:
     def poll():
         while not stop.wait(interval):
             try:
-                if current_version(state.settings.model) != state.current.ref.version:
+                if current_version(state.settings.model, state.registry) != state.current.ref.version:
                     state.reload()
             except Exception as exc:  # the registry being away must not stop serving
                 log.warning(f"reload check failed: {exc}")

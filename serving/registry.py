@@ -1,14 +1,14 @@
-"""Where a served (or pretrained) model comes from: a .pth/.onnx path, or the MLflow registry.
+"""Where a served (or pretrained) model comes from: a .pth/.onnx path, or a model registry.
 
 References: `path/to/model.pth`, `path/to/model.onnx`, `models:/<name>/<version>`, `models:/<name>@<alias>`, or a
-bare registered model name, which means `models:/<name>@champion`. Registry models are read from the artifact
-`model_file/model.pth` of the run that registered them. MLflow is imported only for registry references.
+bare registered model name, which means `models:/<name>@champion`. Files are read here; registry references are
+handed to a `registry` object (tasks/registry.py, MLflow) that the caller passes in, so serving itself imports
+neither MLflow nor Prefect and file models serve on a machine without them.
 """
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from serving.bundle import ModelFileError, load_model_file
 
@@ -31,6 +31,11 @@ class ModelRef:
                 "run_id": self.run_id, "metrics": self.metrics}
 
 
+class Registry(Protocol):
+    def fetch(self, name: str, version: str | None, alias: str | None) -> tuple[dict, ModelRef]: ...
+    def version(self, name: str, version: str | None, alias: str | None) -> str: ...
+
+
 def registry_uri(reference: str) -> str | None:
     """The models:/ URI a reference means, or None for a file path."""
     if reference.startswith("models:/"):
@@ -40,7 +45,16 @@ def registry_uri(reference: str) -> str | None:
     return f"models:/{reference}@{DEFAULT_ALIAS}"
 
 
-def resolve(reference: str) -> tuple[dict, ModelRef]:
+def parse(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/name/version or models:/name@alias -> (name, version, alias)."""
+    match = _URI.match(uri)
+    if not match:
+        raise ModelFileError(f"{uri} is not a registry URI; expected models:/<name>/<version> or "
+                             "models:/<name>@<alias>")
+    return match["name"], match["version"], match["alias"]
+
+
+def resolve(reference: str, registry: Registry | None = None) -> tuple[dict, ModelRef]:
     """The model bundle (what serving.inference.Predictor takes) and where it came from. ModelFileError when the
     reference does not lead to a torchyard model."""
     uri = registry_uri(reference)
@@ -49,44 +63,19 @@ def resolve(reference: str) -> tuple[dict, ModelRef]:
         run = bundle.get("run") or {}
         return bundle, ModelRef(reference, str(Path(reference).resolve()), Path(reference).stem,
                                 run_id=run.get("run_id"), metrics=bundle.get("metrics") or {})
-    client, version = _version(uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar in flow and server logs
-    try:
-        import mlflow
-
-        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="model_file/model.pth",
-                                                   dst_path=tempfile.mkdtemp(prefix="torchyard-model-"))
-    except Exception as exc:  # MlflowException, OSError
-        raise ModelFileError(f"{uri} (version {version.version}) has no torchyard model file in run "
-                             f"{version.run_id}: {exc}") from exc
-    bundle = load_model_file(path)
-    match = _URI.match(uri)
-    metrics = {k: float(v) for k, v in version.tags.items() if k.startswith(("test_", "val_"))} or bundle.get("metrics")
-    return bundle, ModelRef(reference, uri, version.name, str(version.version), match["alias"], version.run_id,
-                            metrics or {})
+    bundle, ref = _registry(uri, registry).fetch(*parse(uri))
+    ref.reference = reference
+    return bundle, ref
 
 
-def current_version(reference: str) -> str | None:
+def current_version(reference: str, registry: Registry | None = None) -> str | None:
     """The registry version a reference points at now (None for files): cheap, for polling an alias."""
     uri = registry_uri(reference)
-    return None if uri is None else str(_version(uri)[1].version)
+    return None if uri is None else _registry(uri, registry).version(*parse(uri))
 
 
-def _version(uri: str):
-    match = _URI.match(uri)
-    if not match:
-        raise ModelFileError(f"{uri} is not a registry URI; expected models:/<name>/<version> or "
-                             "models:/<name>@<alias>")
-    from mlflow.exceptions import MlflowException
-
-    from tasks import tracking  # where the store is: MLFLOW_TRACKING_URI or the repo's mlflow/ folder
-
-    client = tracking.configure()
-    try:
-        if match["version"]:
-            return client, client.get_model_version(match["name"], match["version"])
-        return client, client.get_model_version_by_alias(match["name"], match["alias"])
-    except MlflowException as exc:
-        what = f"version {match['version']}" if match["version"] else f"alias '{match['alias']}'"
-        raise ModelFileError(f"{uri}: registered model '{match['name']}' has no {what} in the MLflow registry at "
-                             f"{tracking.tracking_uri()} ({exc.message.splitlines()[0]})") from exc
+def _registry(uri: str, registry: Registry | None) -> Registry:
+    if registry is None:
+        raise ModelFileError(f"{uri} is a registry reference but no model registry is connected; give a .pth or "
+                             ".onnx path, or serve it with python -m serving")
+    return registry

@@ -27,18 +27,17 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
     test_inputs = model_inputs(prepared, transform, "test")
     data_type = transform.state.get("data_type", "tabular")
     output_name = "value" if transform.target["task"] == "regression" else "probabilities"
+    described = {"data_type": data_type, "task": transform.target["task"], "preprocessing": transform.state,
+                 "metrics": metrics, "run": run_info}  # in the model file, and in the .onnx's metadata
     onnx_bytes = export_onnx(model, torch.from_numpy(test_inputs), output_name, INPUT_NAMES[data_type])
-    onnx_bytes = with_metadata(onnx_bytes, onnx_metadata(data_type, transform.target["task"], transform.state, metrics,
-                                                         run_info))
+    onnx_bytes = with_metadata(onnx_bytes, onnx_metadata(**described))
     max_diff = parity(onnx_bytes, model, test_inputs, tolerance)
     tracking.log_metrics(run_id, {"export_max_abs_diff": max_diff})
     logger.info(f"ONNX export matches torch within {max_diff:.2e} on {len(test_inputs)} test rows")
 
     bundle = save_bundle(
-        Path(prepared.arrays).with_name("model.pth"), onnx_bytes=onnx_bytes,
-        data_type=data_type, task=transform.target["task"], preprocessing=transform.state,
-        network={k: saved[k] for k in ("model_config", "input_size", "output_size", "state_dict")},
-        metrics=metrics, run=run_info)
+        Path(prepared.arrays).with_name("model.pth"), onnx_bytes=onnx_bytes, **described,
+        network={k: saved[k] for k in ("model_config", "input_size", "output_size", "state_dict")})
     client = tracking.configure()
     client.log_artifact(run_id, str(bundle), "model_file")
 

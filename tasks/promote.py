@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from preprocessing.errors import TorchyardError
 from serving.inference import Predictor
 from serving.registry import resolve
+from tasks import registry
 from tasks import tracking
 from tasks.inputs import load_transform
 from tasks.steps import Prepared
@@ -44,7 +45,7 @@ def unchanged_since_champion(name: str, fingerprint: str, config_hash: str):
 
 def score_on(prepared: Prepared, reference: str, metric: str) -> float:
     """`metric` of the model at `reference`, on this run's test split, through the serving Predictor."""
-    bundle, _ = resolve(reference)
+    bundle, _ = resolve(reference, registry)
     predictor = Predictor(bundle)
     frame = pd.read_parquet(prepared.test_frame)
     target = load_transform(prepared).target

@@ -16,7 +16,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from preprocessing.errors import TorchyardError
+from preprocessing.errors import TorchyardError, user_facing
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STORE = REPO / "mlflow"
@@ -60,6 +60,14 @@ def check_reachable(timeout: float = 5.0) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrackingUnavailable(f"cannot create the MLflow store folder {folder}: {exc.strerror}") from None
+
+
+def record_failure(run_id: str, exc: BaseException) -> str:
+    """Tag the run with why it failed: the user-facing sentence, or the exception type and message of a bug."""
+    reason = user_facing(exc)
+    reason = str(reason) if reason else f"{type(exc).__name__}: {exc}"
+    set_tags(run_id, {"failure_reason": reason[:5000]})
+    return reason
 
 
 def configure() -> MlflowClient:

@@ -3,7 +3,6 @@ metrics sent to MLflow asynchronously so that logging does not slow the loop."""
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +16,11 @@ from preprocessing.errors import DataError
 from preprocessing.image import ImageTransform
 from serving.bundle import ModelFileError
 from serving.registry import resolve
+from tasks import registry
 from tasks import tracking
 from tasks.inputs import batch_source, input_size, load_transform
 from tasks.steps import Prepared, Trained
+from training import ddp
 from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint
 from training.config import TrainerConfig
 from training.device import apply_limits, select_device
@@ -54,7 +55,7 @@ def pretrained_network(reference: str) -> dict:
     """The 'network' entry of a torchyard model file, given its path or a registry URI (models:/name/1,
     models:/name@champion)."""
     try:
-        bundle, _ = resolve(reference)
+        bundle, _ = resolve(reference, registry)
     except ModelFileError as exc:
         raise DataError(f"model.pretrained {reference} could not be loaded: {exc}") from exc
     if "network" not in bundle:
@@ -96,15 +97,11 @@ def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, 
                         "model.pretrained train in one process")
     dist = config.distributed
     out = Path(checkpoint_dir)
-    out.mkdir(parents=True, exist_ok=True)
     target = transform.target
-    job = {"arrays": str(prepared.arrays), "model": model_config.model_dump(), "train": config.model_dump(),
-           "task": target["task"], "n_classes": len(target["classes"]), "input_size": input_size(transform),
-           "seed": seed, "device": device.type, "checkpoint_dir": str(out), "out_dir": str(out)}
-    (out / "job.json").write_text(json.dumps(job))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.nproc_per_node),
-               "--nnodes", str(dist.nnodes), "--node_rank", str(dist.node_rank), "--master_addr", dist.master_addr,
-               "--master_port", str(dist.master_port), "-m", "training.ddp", str(out / "job.json")]
+    job = ddp.write_job(out, arrays=prepared.arrays, model=model_config, train=config, task=target["task"],
+                        n_classes=len(target["classes"]), input_size=input_size(transform), seed=seed,
+                        device=device.type)
+    command = ddp.torchrun_command(job, dist)
     logger.info(f"data-parallel training: {dist.nproc_per_node} process(es) x {dist.nnodes} node(s) "
                 f"({'nccl' if device.type == 'cuda' else 'gloo'})")
     process = subprocess.Popen(command, cwd=tracking.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -134,10 +131,9 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     if limits:
         logger.info("resource limits: " + ", ".join(limits))
     transform = load_transform(prepared)
-    workers = transform.config.workers if isinstance(transform, ImageTransform) else 0
+    tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device)})
     if config.distributed.enabled:
-        tracking.log_params(run_id, "model", model_config.model_dump())
-        tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device)})
+        tracking.log_params(run_id, "model", model_config.model_dump())  # pretrained networks are refused there
         started = time.perf_counter()
         history, path = train_distributed(prepared, transform, model_config, config, seed, device, run_id,
                                           checkpoint_dir, logger)
@@ -152,8 +148,8 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
                                           stopping.restore_best))
     trainer, built_from = build_trainer(transform, model_config, config, seed, device, callbacks, logger)
     tracking.log_params(run_id, "model", built_from.model_dump())
-    tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device)})
 
+    workers = transform.config.workers if isinstance(transform, ImageTransform) else 0
     started = time.perf_counter()
     history = trainer.fit(batch_source(prepared, transform, "train", config.batch_size, workers),
                           batch_source(prepared, transform, "val", config.batch_size))

@@ -1,6 +1,7 @@
 """Shared fixtures. Every test session gets its own MLflow store, Prefect database and work folder, so tests never
 touch the repo's mlflow/ or .torchyard/ and can run in parallel with a demo."""
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,13 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS's pick, released at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

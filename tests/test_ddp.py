@@ -1,8 +1,6 @@
 """Data-parallel training: 2 CPU processes with gloo under torchrun match a single process."""
 import json
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,9 +8,10 @@ import torch
 
 from models import build_model
 from models.config import ModelConfig
-from tests.conftest import REPO
-from training.config import TrainerConfig
+from tests.conftest import REPO, free_port
+from training.config import DistributedConfig, TrainerConfig
 from training.data import TensorData
+from training.ddp import torchrun_command, write_job
 from training.objectives import make_objective
 from training.optim import make_trainer
 
@@ -38,16 +37,10 @@ def test_two_gloo_processes_match_a_single_process(tmp_path):
     reference = single.fit(TensorData(torch.from_numpy(x[:256]), torch.from_numpy(y[:256]), 32),
                            TensorData(torch.from_numpy(x[256:]), torch.from_numpy(y[256:]), 32))
 
-    job = {"arrays": str(tmp_path / "arrays.npz"), "model": MODEL.model_dump(), "train": TRAIN.model_dump(),
-           "task": "classification", "n_classes": 3, "input_size": 12, "seed": 7, "device": "cpu",
-           "checkpoint_dir": str(tmp_path / "ckpt"), "out_dir": str(tmp_path)}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "training.ddp",
-                           str(tmp_path / "job.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    job = write_job(tmp_path, arrays=tmp_path / "arrays.npz", model=MODEL, train=TRAIN, task="classification",
+                    n_classes=3, input_size=12, seed=7, device="cpu")
+    command = torchrun_command(job, DistributedConfig(nproc_per_node=2, master_port=free_port()))
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "history.json").read_text())
     assert result["world_size"] == 2 and result["backend"] == "gloo"
@@ -58,7 +51,7 @@ def test_two_gloo_processes_match_a_single_process(tmp_path):
     saved = torch.load(tmp_path / "network.pt", weights_only=True)["state_dict"]
     for name, value in single.model.state_dict().items():
         assert torch.allclose(saved[name], value, atol=1e-5), name
-    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert (tmp_path / "last.ckpt").exists()
     assert done.stdout.count("epoch 4/4") == 1  # one process prints
 
 
@@ -70,10 +63,8 @@ def test_train_flow_launches_torchrun_and_logs_rank_0(mlflow_client):
     from flows.train_flow import train_flow
     from tests.test_flow import mlflow_run
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    train = TrainerConfig(n_epochs=3, batch_size=16, lr=0.01, distributed={"nproc_per_node": 2, "master_port": port})
+    train = TrainerConfig(n_epochs=3, batch_size=16, lr=0.01,
+                          distributed={"nproc_per_node": 2, "master_port": free_port()})
     state = train_flow(train=train, export=ExportConfig(register_model=False), experiment=f"ddp-{uuid.uuid4().hex[:6]}",
                        return_state=True)
     assert state.is_completed(), state.message

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -14,15 +13,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import free_port
 from scripts.local_stack import deploy, prefect, stack_env, start_server, start_worker, stop
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Failures of the surroundings: an unreachable tracking server, an output folder that cannot be written, and the
 resource-limit flags."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,13 @@ import torch
 
 from flows.config import ExportConfig
 from preprocessing.errors import TorchyardError
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.test_flow import mlflow_run
 from training.config import TrainerConfig
 
 
 def test_unreachable_tracking_server_fails_in_seconds_naming_the_uri(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     uri = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     done = subprocess.run([sys.executable, "train.py", "--n_epochs", "1"], cwd=REPO, capture_output=True, text=True,
@@ -97,9 +94,7 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
     import pandas as pd
     from mlflow import MlflowClient
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     db = tmp_path / "server.db"
 
     def start():

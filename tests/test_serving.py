@@ -5,7 +5,6 @@ import collections
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from models.config import ModelConfig
 from preprocessing.config import DataConfig, ImageConfig, TextConfig
 from preprocessing.sources import load_sample
 from serving.inference import Predictor
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from training.config import TrainerConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -59,15 +58,9 @@ def tabular_model(tmp_path_factory, wine_rows):
     return _train(tmp_path_factory, "wine", data=DataConfig(source=str(path)), export=ExportConfig(model_name=name))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, *args):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(self.port), *args], cwd=REPO,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -218,7 +211,7 @@ def test_registry_uri_alias_and_reload_without_restart(tabular_model, wine_rows,
 
 def test_a_model_uri_that_does_not_exist_stops_at_startup():
     done = subprocess.run([sys.executable, "-m", "serving", "--model", "models:/no-such-model@champion", "--port",
-                           str(_free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+                           str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "error: cannot serve models:/no-such-model@champion" in done.stderr
     assert "has no alias 'champion' in the MLflow registry" in done.stderr and "Traceback" not in done.stderr

@@ -25,11 +25,31 @@ from torch.nn.parallel import DistributedDataParallel
 from models import build_model, save_network
 from models.config import ModelConfig
 from training.callbacks import EarlyStopping, EpochSummary, ModelCheckpoint
-from training.config import TrainerConfig
+from training.config import DistributedConfig, TrainerConfig
 from training.data import ShardedTensorData, TensorData, TokenData
 from training.objectives import make_objective
 from training.optim import make_trainer
 from training.trainer import Trainer
+
+
+def write_job(out_dir, *, arrays, model: ModelConfig, train: TrainerConfig, task: str, n_classes: int,
+              input_size: int, seed: int, device: str) -> Path:
+    """The job file run() reads; checkpoints, network and history go to `out_dir` too."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"arrays": str(arrays), "model": model.model_dump(), "train": train.model_dump(), "task": task,
+           "n_classes": n_classes, "input_size": input_size, "seed": seed, "device": device,
+           "checkpoint_dir": str(out), "out_dir": str(out)}
+    (out / "job.json").write_text(json.dumps(job))
+    return out / "job.json"
+
+
+def torchrun_command(job_file, distributed: DistributedConfig) -> list[str]:
+    """torchrun (python -m torch.distributed.run) with the configured process and node flags, running run()."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(distributed.nproc_per_node),
+            "--nnodes", str(distributed.nnodes), "--node_rank", str(distributed.node_rank),
+            "--master_addr", distributed.master_addr, "--master_port", str(distributed.master_port),
+            "-m", "training.ddp", str(job_file)]
 
 
 class DistributedTrainer(Trainer):
