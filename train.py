@@ -20,6 +20,7 @@ FLAGS = {
     "text_column": ("text", "text_column"), "max_len": ("text", "max_len"), "min_freq": ("text", "min_freq"),
     "max_vocab": ("text", "max_vocab"), "tokenizer": ("text", "tokenizer"), "encoder": ("model", "encoder"),
     "embedding_dim": ("model", "embedding_dim"), "encoding_errors": ("data", "encoding_errors"),
+    "memory_budget_mb": ("data", "memory_budget_mb"),
     "image_size": ("image", "image_size"), "channels": ("image", "channels"), "workers": ("image", "workers"),
     "pretrained": ("model", "pretrained"), "freeze_features": ("model", "freeze_features"),
     "model_type": ("model", "type"),
@@ -60,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embedding_dim", type=int, help="text: token embedding width")
     p.add_argument("--encoding_errors", choices=["error", "replace"], help="bytes that are not UTF-8 in the data "
                    "file: stop with the line, or replace them and count")
+    p.add_argument("--memory_budget_mb", type=int, help="tabular Parquet larger than memory: stream it in record "
+                   "batches, holding about this many MiB of data at once")
     p.add_argument("--image_size", type=int, help="side of the square images the model sees")
     p.add_argument("--channels", type=int, choices=[1, 3])
     p.add_argument("--workers", type=int, help="DataLoader worker processes for image augmentation")

@@ -35,8 +35,22 @@ class DataConfig(_Section):
         "error", description="Bytes that are not valid UTF-8 in a CSV/JSON file: error names the line; replace "
         "substitutes U+FFFD and logs how many were replaced.")
 
+    memory_budget_mb: int | None = Field(
+        None, ge=16, description="Tables larger than memory: a local Parquet file or folder is read in record "
+        "batches (pyarrow), validated, split and preprocessed batch by batch, and streamed to the trainer from disk, "
+        "holding about this many MiB of data at once. Median/quartile/mode statistics then come from a uniform "
+        "sample of 100,000 values per column. Default: the table is read into memory.")
+
     def target_column(self) -> str:
         return self.target or ("target" if self.data_type == "tabular" else "label")
+
+    @model_validator(mode="after")
+    def _streaming_is_tabular_parquet(self):
+        streamable = self.data_type == "tabular" and self.format in ("auto", "parquet")
+        if self.memory_budget_mb is not None and not streamable:
+            raise ValueError("data.memory_budget_mb streams tabular Parquet data; leave it unset for "
+                             f"data_type {self.data_type} / format {self.format}")
+        return self
 
 
 class SplitConfig(_Section):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from preprocessing.config import TabularConfig
 from preprocessing.errors import DataError
+from preprocessing.summaries import CategoricalSummary, NumericSummary, as_text
 from preprocessing.targets import TargetCodec, fit_target
 from preprocessing.validate import TableSchema
 
@@ -19,67 +20,95 @@ UNKNOWN = "__unknown__"
 
 def fit(train: pd.DataFrame, schema: TableSchema, config: TabularConfig) -> dict:
     """Fit the transform on the training rows. Returns the state dict that TabularTransform applies."""
-    numeric, categorical, dropped = list(schema.numeric), list(schema.categorical), []
-    if config.missing == "drop_columns":
-        null_share = train[numeric + categorical].isna().mean()
-        dropped = [c for c in numeric + categorical if null_share[c] > config.max_null_fraction]
-        numeric = [c for c in numeric if c not in dropped]
-        categorical = [c for c in categorical if c not in dropped]
-        if not numeric and not categorical:
-            raise DataError(f"every feature column has more than {config.max_null_fraction:.0%} nulls in the "
-                            "training split; raise preprocess.max_null_fraction or use missing=impute")
-    rows = train
-    if config.missing == "drop_rows":
-        rows = train.dropna(subset=numeric + categorical)
-        if rows.empty:
+    fitting = TabularFit(schema, config)
+    fitting.update(train)
+    return fitting.state()
+
+
+class TabularFit:
+    """The statistics of the training rows, fed as one frame or as many record batches (streamed Parquet).
+
+    `sample_size` bounds the values kept per numeric column for the median, quartiles and mode (None: every
+    value, exact); means, standard deviations, minima, maxima and category counts are always exact."""
+
+    def __init__(self, schema: TableSchema, config: TabularConfig, sample_size: int | None = None, seed: int = 0):
+        self.schema, self.config = schema, config
+        self.features = list(schema.numeric) + list(schema.categorical)
+        self.numeric = {c: NumericSummary(sample_size, seed + i) for i, c in enumerate(schema.numeric)}
+        self.categorical = {c: CategoricalSummary() for c in schema.categorical}
+        self.target = NumericSummary(sample_size, seed) if schema.task == "regression" else None
+        self.rows = 0  # training rows the statistics come from (after missing=drop_rows)
+        self.null_rows = 0  # rows dropped by missing=drop_rows
+
+    def update(self, frame: pd.DataFrame) -> None:
+        if self.config.missing == "drop_rows":
+            kept = frame.dropna(subset=self.features)
+            self.null_rows += len(frame) - len(kept)
+            frame = kept
+        self.rows += len(frame)
+        for column, summary in self.numeric.items():
+            summary.update(frame[column])
+        for column, summary in self.categorical.items():
+            summary.update(frame[column])
+        if self.target is not None:
+            self.target.update(frame[self.schema.target])
+
+    def state(self) -> dict:
+        config, schema = self.config, self.schema
+        numeric, categorical, dropped = list(schema.numeric), list(schema.categorical), []
+        if config.missing == "drop_columns":
+            summaries = {**self.numeric, **self.categorical}
+            dropped = [c for c in numeric + categorical
+                       if summaries[c].nulls > config.max_null_fraction * (summaries[c].nulls + summaries[c].count)]
+            numeric = [c for c in numeric if c not in dropped]
+            categorical = [c for c in categorical if c not in dropped]
+            if not numeric and not categorical:
+                raise DataError(f"every feature column has more than {config.max_null_fraction:.0%} nulls in the "
+                                "training split; raise preprocess.max_null_fraction or use missing=impute")
+        if config.missing == "drop_rows" and self.rows == 0:
             raise DataError("missing=drop_rows leaves no training rows: every row has a null feature; "
                             "use missing=impute or drop_columns")
-    state = {
-        "data_type": "tabular",
-        "config": config.model_dump(),
-        "numeric": [_fit_numeric(rows[c], c, config) for c in numeric],
-        "categorical": [_fit_categorical(rows[c], c, config) for c in categorical],
-        "dropped_columns": dropped,
-        "target": fit_target(rows[schema.target], schema.target, schema.task, schema.classes, config.scale_target),
-    }
-    state["feature_names"] = _feature_names(state)
-    return state
+        state = {
+            "data_type": "tabular",
+            "config": config.model_dump(),
+            "numeric": [_numeric_state(self.numeric[c], c, config) for c in numeric],
+            "categorical": [_categorical_state(self.categorical[c], c, config) for c in categorical],
+            "dropped_columns": dropped,
+            "target": fit_target(self.target, schema.target, schema.task, schema.classes, config.scale_target),
+        }
+        state["feature_names"] = _feature_names(state)
+        return state
 
 
-def _fit_numeric(values: pd.Series, name: str, config: TabularConfig) -> dict:
-    x = values.astype("float64").dropna()
-    if x.empty:
-        fill = config.fill_value
-    elif config.numeric_impute == "mean":
-        fill = x.mean()
-    elif config.numeric_impute == "median":
-        fill = x.median()
-    elif config.numeric_impute == "most_frequent":
-        fill = x.mode().min()
-    else:
-        fill = config.fill_value
-    x = x if not x.empty else pd.Series([fill])
-    if config.scaler == "standard":
-        center, scale = x.mean(), x.std(ddof=0)
+def _numeric_state(summary: NumericSummary, name: str, config: TabularConfig) -> dict:
+    fill = config.fill_value
+    if summary.count and config.numeric_impute == "mean":
+        fill = summary.mean
+    elif summary.count and config.numeric_impute == "median":
+        fill = summary.quantile(0.5)
+    elif summary.count and config.numeric_impute == "most_frequent":
+        fill = summary.mode()
+    if not summary.count:  # an all-null training column: centred on its fill value
+        center, scale = (0.0, 1.0) if config.scaler == "none" else (fill, 1.0)
+    elif config.scaler == "standard":
+        center, scale = summary.mean, summary.std
     elif config.scaler == "minmax":
-        center, scale = x.min(), x.max() - x.min()
+        center, scale = summary.low, summary.high - summary.low
     elif config.scaler == "robust":
-        center, scale = x.median(), x.quantile(0.75) - x.quantile(0.25)
+        center, scale = summary.quantile(0.5), summary.quantile(0.75) - summary.quantile(0.25)
     else:
         center, scale = 0.0, 1.0
     scale = scale if np.isfinite(scale) and scale > 0 else 1.0
     return {"name": name, "fill": float(fill), "center": float(center), "scale": float(scale)}
 
 
-def _fit_categorical(values: pd.Series, name: str, config: TabularConfig) -> dict:
-    text = _as_text(values)
-    counts = text.value_counts(dropna=True)
-    if config.categorical_impute == "most_frequent" and not counts.empty:
-        fill = str(counts.index[0])
-    else:
-        fill = MISSING
-    counts = text.fillna(fill).value_counts()
+def _categorical_state(summary: CategoricalSummary, name: str, config: TabularConfig) -> dict:
     # most frequent first; ties in name order so that refits of the same data give the same columns
+    ranked = sorted(summary.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    fill = ranked[0][0] if config.categorical_impute == "most_frequent" and ranked else MISSING
+    counts = dict(summary.counts)
+    if summary.nulls:
+        counts[fill] = counts.get(fill, 0) + summary.nulls
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return {"name": name, "fill": fill, "categories": [k for k, _ in ranked[: config.max_categories]]}
 
@@ -92,12 +121,6 @@ def _feature_names(state: dict) -> list[str]:
         else:
             names.append(column["name"])
     return names
-
-
-def _as_text(values: pd.Series) -> pd.Series:
-    """Categories are compared as text so that 3, 3.0 from JSON and '3' from CSV agree between fit and predict."""
-    out = values.astype(object).where(values.notna(), None)
-    return out.map(lambda v: None if v is None else str(v))
 
 
 class TabularTransform(TargetCodec):
@@ -144,7 +167,7 @@ class TabularTransform(TargetCodec):
         return out
 
     def _categorical(self, column: pd.Series, spec: dict) -> np.ndarray:
-        text = _as_text(column).fillna(spec["fill"])
+        text = as_text(column).fillna(spec["fill"])
         categories = spec["categories"]
         codes = pd.Categorical(text, categories=categories).codes.astype(np.int64)  # -1 = unseen
         if not self.onehot:

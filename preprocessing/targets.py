@@ -4,13 +4,17 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.errors import DataError
+from preprocessing.summaries import NumericSummary
 
 
-def fit_target(values: pd.Series, name: str, task: str, classes: list, scale: bool = True) -> dict:
+def fit_target(values: "pd.Series | NumericSummary | None", name: str, task: str, classes: list,
+               scale: bool = True) -> dict:
+    """The target's state; a regression target is standardised with the mean and std of `values` (the training
+    targets, or their running summary)."""
     target = {"name": name, "task": task, "classes": list(classes), "mean": 0.0, "std": 1.0}
     if task == "regression" and scale:
-        std = float(values.std(ddof=0))
-        target.update(mean=float(values.mean()), std=std if std > 0 else 1.0)
+        summary = values if isinstance(values, NumericSummary) else NumericSummary.of(values)
+        target.update(mean=float(summary.mean), std=summary.std if summary.std > 0 else 1.0)
     return target
 
 

@@ -64,46 +64,60 @@ def drop_null_targets(frame: pd.DataFrame, target: str, name: str, notes: list[s
 
 def target_task(frame: pd.DataFrame, target: str, requested: str, name: str) -> tuple[pd.DataFrame, str, list]:
     """The task (classification/regression), and the classes (checked) or the target made numeric (checked)."""
-    task = _decide_task(frame[target], requested)
+    task = decide_task(frame[target], requested)
     if task == "classification":
         return frame, task, check_classes(frame[target], target, name)
-    return frame.assign(**{target: _numeric_target(frame[target], target, name)}), task, []
+    return frame.assign(**{target: numeric_target(frame[target], target, name)}), task, []
 
 
 def _names(columns) -> str:
     return ", ".join(f"'{c}'" for c in columns)
 
 
-def _feature_roles(frame, config, target, name, notes) -> tuple[list[str], list[str]]:
+def feature_candidates(columns, config: DataConfig, target: str, name: str) -> list[str]:
+    """The configured feature columns (all but the target and data.ignore by default), checked to exist."""
+    columns = list(columns)
     if config.features is not None:
-        missing = [c for c in config.features if c not in frame.columns]
+        missing = [c for c in config.features if c not in columns]
         if missing:
-            raise DataError(f"feature column(s) {_names(missing)} not found in {name}; columns are: {_names(frame.columns)}")
+            raise DataError(f"feature column(s) {_names(missing)} not found in {name}; columns are: {_names(columns)}")
         candidates = [c for c in config.features if c != target]
     else:
-        candidates = [c for c in frame.columns if c != target and c not in set(config.ignore)]
+        candidates = [c for c in columns if c != target and c not in set(config.ignore)]
     if not candidates:
         raise DataError(f"{name} has no feature columns besides the target '{target}'")
-    usable = [c for c in candidates if not frame[c].isna().all()]
-    if not usable:
+    return candidates
+
+
+def usable_features(candidates: list[str], empty: list[str], name: str, notes: list[str]) -> list[str]:
+    """The candidates that have at least one value; the all-null ones are noted, or an error if that is all."""
+    if len(empty) == len(candidates):
         raise DataError(f"all feature columns in {name} are empty: every value of {_names(candidates)} is null")
-    if len(usable) < len(candidates):
-        empty = [c for c in candidates if c not in usable]
+    if empty:
         notes.append(f"dropped feature column(s) {_names(empty)}: every value is null")
+    return [c for c in candidates if c not in empty]
+
+
+def _feature_roles(frame, config, target, name, notes) -> tuple[list[str], list[str]]:
+    candidates = feature_candidates(frame.columns, config, target, name)
+    usable = usable_features(candidates, [c for c in candidates if frame[c].isna().all()], name, notes)
     numeric, categorical = [], []
     for column in usable:
-        (numeric if _is_numeric_feature(frame[column], column, name) else categorical).append(column)
+        (numeric if is_numeric_feature(frame[column], column, name) else categorical).append(column)
     return numeric, categorical
 
 
-def _is_numeric_feature(values: pd.Series, column: str, name: str) -> bool:
+def is_numeric_feature(values: pd.Series, column: str, name: str, first_row: int = 0) -> bool:
+    """Numbers and booleans are numeric, text is categorical; infinities, dates and numbers with a few typos
+    are errors naming the data row (`first_row`: rows before these values, for record batches)."""
     if pd.api.types.is_bool_dtype(values):
         return True
     if pd.api.types.is_numeric_dtype(values):
         infinite = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
         if infinite.any():
             row = int(np.flatnonzero(infinite)[0])
-            raise DataError(f"column '{column}' in {name} has infinite values (first at data row {row + 1}: "
+            raise DataError(f"column '{column}' in {name} has infinite values (first at data row "
+                            f"{first_row + row + 1}: "
                             f"{values.iloc[row]}); expected finite numbers or empty cells")
         return True
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(values.dtype, pd.PeriodDtype):
@@ -116,13 +130,14 @@ def _is_numeric_feature(values: pd.Series, column: str, name: str) -> bool:
         bad = parsed.isna().to_numpy()
         position = int(np.flatnonzero(bad)[0])
         row = int(values.index.get_loc(present.index[position]))
-        raise DataError(f"column '{column}' in {name} holds numbers ({share:.0%} of values) but data row {row + 1} "
+        raise DataError(f"column '{column}' in {name} holds numbers ({share:.0%} of values) but data row "
+                        f"{first_row + row + 1} "
                         f"has the text {present.iloc[position]!r}; fix the value, leave the cell empty, or list "
                         "the column under data.ignore")
     return False
 
 
-def _decide_task(target: pd.Series, requested: str) -> str:
+def decide_task(target: pd.Series, requested: str) -> str:
     if requested != "auto":
         return requested
     if pd.api.types.is_bool_dtype(target) or not pd.api.types.is_numeric_dtype(target):
@@ -133,7 +148,13 @@ def _decide_task(target: pd.Series, requested: str) -> str:
 
 
 def check_classes(target: pd.Series, column: str, name: str) -> list:
-    counts = target.value_counts()
+    return check_class_counts(target.value_counts(), column, name)
+
+
+def check_class_counts(counts: pd.Series, column: str, name: str) -> list:
+    """The sorted classes, given the row count of each; DataError for a single class or a class too small to
+    split."""
+    counts = counts.sort_values(ascending=False, kind="stable")
     if len(counts) < 2:
         raise DataError(f"target '{column}' in {name} has a single class {sorted_classes(counts.index)[0]!r}; "
                         "classification needs at least two")
@@ -154,14 +175,15 @@ def sorted_classes(values) -> list:
         return sorted(plain, key=str)
 
 
-def _numeric_target(target: pd.Series, column: str, name: str) -> pd.Series:
+def numeric_target(target: pd.Series, column: str, name: str, first_row: int = 0) -> pd.Series:
+    """The target as float64; DataError naming the data row (`first_row` + the row's index label, so a batch
+    keeps the numbering of its file) of a value that is not a finite number."""
     parsed = pd.to_numeric(target, errors="coerce")
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"target '{column}' in {name} must be numeric for regression but data row {row + 1} "
-                        f"has {target.iloc[row]!r}")
-    if np.isinf(parsed.to_numpy(dtype="float64")).any():
-        row = int(np.flatnonzero(np.isinf(parsed.to_numpy(dtype="float64")))[0])
-        raise DataError(f"target '{column}' in {name} has an infinite value at data row {row + 1}")
+    values = parsed.to_numpy(dtype="float64", na_value=np.nan)
+    for bad, problem in ((np.isnan(values), "must be numeric for regression but data row {row} has {value!r}"),
+                         (np.isinf(values), "has an infinite value at data row {row}")):
+        if bad.any():
+            position = int(np.flatnonzero(bad)[0])
+            row = first_row + int(target.index[position]) + 1
+            raise DataError(f"target '{column}' in {name} " + problem.format(row=row, value=target.iloc[position]))
     return parsed.astype("float64")

@@ -8,11 +8,12 @@ import torch
 
 from preprocessing.image import ImageTransform
 from preprocessing.image_loader import ImageData
+from preprocessing.streaming import STREAM_MANIFEST
 from preprocessing.tabular import TabularTransform
 from preprocessing.text import TextTransform
 from preprocessing.transforms import transform_for
 from tasks.steps import Prepared
-from training.data import TensorData, TokenData
+from training.data import StreamedData, TensorData, TokenData
 
 PARITY_ROWS = 512
 
@@ -31,6 +32,11 @@ def input_size(transform) -> int:
 
 
 def batch_source(prepared: Prepared, transform, split: str, batch_size: int, workers: int = 0):
+    if Path(prepared.arrays).is_dir():  # a streamed table: read from disk in blocks
+        folder = Path(prepared.arrays)
+        manifest = json.loads((folder / STREAM_MANIFEST).read_text())
+        return StreamedData(folder / f"{split}_features.npy", folder / f"{split}_targets.npy", batch_size,
+                            manifest["block_rows"], manifest["buffer_rows"])
     arrays = np.load(prepared.arrays)
     targets = arrays[f"{split}_targets"]
     if isinstance(transform, ImageTransform):

@@ -12,7 +12,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from preprocessing import image, tabular, text
+from preprocessing import image, streaming, tabular, text
 from preprocessing.config import ImageConfig, TabularConfig, TextConfig
 from preprocessing.targets import fit_target
 from preprocessing.validate import TableSchema
@@ -85,6 +85,8 @@ def _text(parts: dict, schema: TableSchema, config: TextConfig, run_id: str, wor
 def preprocess(validated: Validated, splits: Splits, config: TabularConfig, image_config: ImageConfig,
                text_config: TextConfig, run_id: str) -> Prepared:
     schema = TableSchema.from_dict(validated.schema)
+    if validated.memory_budget_mb:
+        return _streamed(validated, splits, schema, config, run_id)
     frame = pd.read_parquet(validated.path)
     rows = np.load(splits.path)
     parts = {name: frame.iloc[rows[name]].reset_index(drop=True) for name in SPLITS}
@@ -96,9 +98,36 @@ def preprocess(validated: Validated, splits: Splits, config: TabularConfig, imag
     else:
         state, arrays, summary = _tabular(parts, schema, config, run_id)
     np.savez(work / "arrays.npz", **arrays)
+    parts["test"].to_parquet(work / "test_rows.parquet", index=False)
+    return _prepared(work, work / "arrays.npz", state, summary, run_id, validated.cache)
+
+
+def _streamed(validated: Validated, splits: Splits, schema: TableSchema, config: TabularConfig,
+              run_id: str) -> Prepared:
+    """A table larger than memory: one pass over the record batches fits the statistics on the train rows, a
+    second applies them and appends every split to .npy files that training streams."""
+    work = Path(validated.path).parent
+    stream = streaming.ParquetStream(validated.path, validated.memory_budget_mb)
+    assignment = streaming.split_assignment(stream.n_rows, dict(np.load(splits.path)))
+    state, train_rows = streaming.fit_stream(stream, assignment, schema, config)
+    manifest = streaming.write_splits(stream, assignment, state, train_rows, work / "arrays",
+                                      work / "test_rows.parquet")
+    transform = tabular.TabularTransform(state)
+    exact = train_rows <= streaming.QUANTILE_SAMPLE
+    tracking.log_params(run_id, "preprocess", {**transform.describe(), "memory_budget_mb": stream.budget.mb,
+                                               "record_batch_rows": stream.batch_rows,
+                                               "shuffle_buffer_rows": manifest["buffer_rows"],
+                                               "quantiles": "exact" if exact else
+                                               f"sample of {streaming.QUANTILE_SAMPLE} values"})
+    summary = (f"preprocessed into {transform.n_features} features in record batches of {stream.batch_rows} rows "
+               f"({train_rows} training rows after null handling); training streams them from disk through a "
+               f"shuffle buffer of {manifest['buffer_rows']} rows")
+    return _prepared(work, work / "arrays", state, summary, run_id)
+
+
+def _prepared(work: Path, arrays: Path, state: dict, summary: str, run_id: str, cache: Path | None = None) -> Prepared:
     state_path = work / "preprocessing.json"
     state_path.write_text(json.dumps(state, indent=1))
-    parts["test"].to_parquet(work / "test_rows.parquet", index=False)
     tracking.configure().log_artifact(run_id, str(state_path), "preprocess")
     get_run_logger().info(summary)
-    return Prepared(work / "arrays.npz", state_path, work / "test_rows.parquet", validated.cache)
+    return Prepared(arrays, state_path, work / "test_rows.parquet", cache)

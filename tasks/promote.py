@@ -7,6 +7,7 @@ update, so the registry always has a champion, whatever fails when. The first mo
 """
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
@@ -24,6 +25,7 @@ from training import evaluation
 from training.evaluation import lower_is_better
 
 CHAMPION = "champion"
+SCORE_BATCH_ROWS = 65536
 
 
 def champion_version(client, name: str):
@@ -44,25 +46,33 @@ def unchanged_since_champion(name: str, fingerprint: str, config_hash: str):
 
 
 def score_on(prepared: Prepared, reference: str, metric: str) -> float:
-    """`metric` of the model at `reference`, on this run's test split, through the serving Predictor."""
+    """`metric` of the model at `reference`, on this run's test split, through the serving Predictor. The test
+    rows are read in record batches, so a test split larger than memory is scored too."""
     bundle, _ = resolve(reference, registry)
     predictor = Predictor(bundle)
-    frame = pd.read_parquet(prepared.test_frame)
     target = load_transform(prepared).target
+    served, truth = [], []
+    for batch in pq.ParquetFile(prepared.test_frame).iter_batches(batch_size=SCORE_BATCH_ROWS):
+        outputs, labels = _served(predictor, batch.to_pandas(), target)
+        served.append(outputs)
+        truth.append(labels)
+    return evaluation.test_metrics(target["task"], torch.cat(served), torch.cat(truth))[metric]
+
+
+def _served(predictor: Predictor, frame: pd.DataFrame, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the served model answers for these test rows (values, or probabilities per class), and the truth."""
     if predictor.data_type == "image":
         table = predictor.predict_images(frame["path"].tolist())
     else:
         table = predictor.predict(frame, "the new test split")
     if target["task"] == "regression":
         served = torch.tensor(np.asarray(table["prediction"], dtype=np.float64)).reshape(-1, 1)
-        truth = torch.tensor(frame[target["name"]].to_numpy(dtype=np.float64))
-    else:
-        classes = target["classes"]
-        columns = [table[f"proba_{c}"].to_numpy() if f"proba_{c}" in table else np.zeros(len(table)) for c in classes]
-        served = torch.from_numpy(np.stack(columns, axis=1)).float()
-        index = {c: i for i, c in enumerate(classes)}
-        truth = torch.tensor([index[v.item() if hasattr(v, "item") else v] for v in frame[target["name"]]])
-    return evaluation.test_metrics(target["task"], served, truth)[metric]
+        return served, torch.tensor(frame[target["name"]].to_numpy(dtype=np.float64))
+    classes = target["classes"]
+    columns = [table[f"proba_{c}"].to_numpy() if f"proba_{c}" in table else np.zeros(len(table)) for c in classes]
+    served = torch.from_numpy(np.stack(columns, axis=1)).float()
+    index = {c: i for i, c in enumerate(classes)}
+    return served, torch.tensor([index[v.item() if hasattr(v, "item") else v] for v in frame[target["name"]]])
 
 
 def decide(challenger: float, champion: float | None, metric: str, min_improvement: float) -> tuple[bool, str]:

@@ -9,6 +9,7 @@ class Snapshot:
     source: str
     fingerprint: str
     n_rows: int
+    memory_budget_mb: int | None = None  # set: the table is streamed in record batches, never read whole
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Validated:
     schema: dict
     cache: Path | None = None  # images: the decoded uint8 cache, rows referenced by the 'cache_row' column
     data_type: str = "tabular"
+    memory_budget_mb: int | None = None
 
 
 @dataclass
@@ -27,7 +29,8 @@ class Splits:
 
 @dataclass
 class Prepared:
-    arrays: Path  # .npz: {train,val,test}_targets, and _features (tables) or _rows into the cache (images)
+    arrays: Path  # .npz: {train,val,test}_targets, and _features (tables) or _rows into the cache (images);
+    # for a streamed table, a folder of {split}_features.npy / _targets.npy and stream.json
     state_path: Path  # preprocessing state (JSON)
     test_frame: Path  # raw test rows
     cache: Path | None = None

@@ -95,6 +95,9 @@ def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, 
     if isinstance(transform, ImageTransform) or model_config.pretrained:
         raise DataError("train.distributed is offered for tables and texts trained from scratch; images and "
                         "model.pretrained train in one process")
+    if Path(prepared.arrays).is_dir():
+        raise DataError("train.distributed needs the table in memory; a table streamed with data.memory_budget_mb "
+                        "trains in one process")
     dist = config.distributed
     out = Path(checkpoint_dir)
     target = transform.target

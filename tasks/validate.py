@@ -9,7 +9,8 @@ from prefect.cache_policies import NO_CACHE
 
 from preprocessing import image, text
 from preprocessing.config import DataConfig, ImageConfig, TextConfig
-from preprocessing.validate import validate_table
+from preprocessing.streaming import ParquetStream, validate_stream
+from preprocessing.validate import TableSchema, validate_table
 from tasks import tracking
 from tasks.steps import Snapshot, Validated
 
@@ -36,6 +37,8 @@ def _decode(snapshot: Snapshot, listing: pd.DataFrame, config: ImageConfig, logg
 def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, text_config: TextConfig,
              run_id: str) -> Validated:
     logger = get_run_logger()
+    if snapshot.memory_budget_mb:
+        return _validated(_validate_stream(snapshot, config), snapshot.path, None, config, text_config, run_id)
     frame = pd.read_parquet(snapshot.path)
     cache = None
     if config.data_type == "image":
@@ -54,10 +57,22 @@ def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, 
                                                  "dropped_rows": snapshot.n_rows - schema.n_rows})
     else:
         frame, schema = validate_table(frame, config, snapshot.source)
-    for note in schema.notes:
-        logger.warning(note)
     path = Path(snapshot.path).with_name("validated.parquet")
     frame.to_parquet(path, index=False)
+    return _validated(schema, path, cache, config, text_config, run_id)
+
+
+def _validate_stream(snapshot: Snapshot, config: DataConfig) -> TableSchema:
+    """A streamed table is checked batch by batch; its snapshot is what later steps read (null targets skipped)."""
+    stream = ParquetStream(snapshot.path, snapshot.memory_budget_mb, name=snapshot.source)
+    return validate_stream(stream, config)
+
+
+def _validated(schema: TableSchema, path: Path, cache, config: DataConfig, text_config: TextConfig,
+               run_id: str) -> Validated:
+    logger = get_run_logger()
+    for note in schema.notes:
+        logger.warning(note)
     tracking.log_params(run_id, "validate", {
         "target": schema.target, "task": schema.task, "n_classes": len(schema.classes),
         "numeric_columns": len(schema.numeric), "categorical_columns": len(schema.categorical),
@@ -66,4 +81,4 @@ def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, 
         config.data_type, f"rows, {len(schema.numeric)} numeric and {len(schema.categorical)} categorical feature(s)")
     logger.info(f"{schema.task} on '{schema.target}': {schema.n_rows} {inputs}"
                 + (f", classes {schema.classes}" if schema.classes else ""))
-    return Validated(path, schema.to_dict(), cache, config.data_type)
+    return Validated(path, schema.to_dict(), cache, config.data_type, config.memory_budget_mb)
