@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving mlflow-ui clean
+.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-text: install
 
 bench-serving: install
 	$(PY) bench/bench_serving.py
+
+bench-streaming: install
+	$(PY) bench/bench_streaming.py
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

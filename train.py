@@ -20,7 +20,8 @@ FLAGS = {
     "text_column": ("text", "text_column"), "max_len": ("text", "max_len"), "min_freq": ("text", "min_freq"),
     "max_vocab": ("text", "max_vocab"), "tokenizer": ("text", "tokenizer"), "encoder": ("model", "encoder"),
     "embedding_dim": ("model", "embedding_dim"), "encoding_errors": ("data", "encoding_errors"),
-    "memory_budget_mb": ("data", "memory_budget_mb"),
+    "memory_budget_mb": ("data", "memory_budget_mb"), "runner": ("parallel", "runner"),
+    "dask_address": ("parallel", "dask_address"), "dask_workers": ("parallel", "dask_workers"),
     "image_size": ("image", "image_size"), "channels": ("image", "channels"), "workers": ("image", "workers"),
     "pretrained": ("model", "pretrained"), "freeze_features": ("model", "freeze_features"),
     "model_type": ("model", "type"),
@@ -63,6 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "file: stop with the line, or replace them and count")
     p.add_argument("--memory_budget_mb", type=int, help="tabular Parquet larger than memory: stream it in record "
                    "batches, holding about this many MiB of data at once")
+    p.add_argument("--runner", choices=["threads", "dask"], help="per-file preprocessing (image decoding, text "
+                   "cleaning): threads here, or Dask (prefect-dask)")
+    p.add_argument("--dask_address", help="--runner dask: an existing scheduler (tcp://host:8786); default: a "
+                   "LocalCluster")
+    p.add_argument("--dask_workers", type=int, help="--runner dask: LocalCluster worker processes")
     p.add_argument("--image_size", type=int, help="side of the square images the model sees")
     p.add_argument("--channels", type=int, choices=[1, 3])
     p.add_argument("--workers", type=int, help="DataLoader worker processes for image augmentation")

@@ -14,6 +14,7 @@ from models.config import ModelConfig
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig
 from preprocessing.errors import TorchyardError
 from preprocessing.sources import dataset_name
+from tasks.parallel import ParallelConfig
 from training.config import TrainerConfig
 
 
@@ -59,6 +60,8 @@ class RunConfig(BaseModel):
     train: TrainerConfig = Field(default_factory=TrainerConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Where per-file preprocessing "
+                                     "(image decoding, text cleaning) runs: threads here, or Dask.")
     experiment: str | None = Field(None, description="MLflow experiment; default: the dataset's name.")
     seed: int = 42
     model_fn: str | None = Field(None, description="Also write the model file here (plus .onnx beside it).")
@@ -90,7 +93,8 @@ class RunConfig(BaseModel):
 
     def config_hash(self) -> str:
         """Identifies what was asked for (not where the model file goes): equal hashes, equal training."""
-        config_json = json.dumps(self.model_dump(mode="json", exclude={"model_fn", "promote"}), sort_keys=True)
+        asked = self.model_dump(mode="json", exclude={"model_fn", "promote", "parallel"})
+        config_json = json.dumps(asked, sort_keys=True)
         return hashlib.sha256(config_json.encode()).hexdigest()[:12]
 
     def flow_parameters(self) -> dict:

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field, field_validator  # noqa: E402
+from pydantic import ConfigDict, Field, field_validator  # noqa: E402
 
 from flows.config import RunConfig  # noqa: E402
 from flows.train_flow import prepare, work_root  # noqa: E402
@@ -32,6 +32,7 @@ from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularCo
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
+from tasks.parallel import ParallelConfig  # noqa: E402
 from tasks.steps import Prepared  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
 from training.config import TrainerConfig  # noqa: E402
@@ -40,7 +41,7 @@ from training.evaluation import lower_is_better  # noqa: E402
 MAX_WORKERS = 16  # the task runner's ceiling; sweep.max_concurrency is the setting
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(ParallelConfig):
     model_config = ConfigDict(extra="forbid")
 
     parameters: dict[str, list[Any]] = Field(
@@ -53,22 +54,9 @@ class SweepConfig(BaseModel):
     metric: str = Field("best_val_loss", description="Chooses the best trial: best_val_loss (the lowest val_loss "
                         "of the trial), or a test metric such as test_accuracy. Lower is better for *_loss/_mse/_mae.")
     max_concurrency: int = Field(2, ge=1, le=MAX_WORKERS, description="Trials running at once.")
-    runner: Literal["threads", "dask"] = Field(
-        "threads", description="threads: the flow's thread pool on this machine; dask: prefect-dask's "
-        "DaskTaskRunner, on dask_address or else a LocalCluster of dask_workers processes.")
-    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster (tcp://host:8786).")
-    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster (runner: dask).")
 
-    def task_runner(self):
-        if self.runner == "threads":
-            return ThreadPoolTaskRunner(max_workers=self.max_concurrency)
-        from prefect_dask import DaskTaskRunner
-
-        if self.dask_address:
-            return DaskTaskRunner(address=self.dask_address)
-        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                              cluster_kwargs={"n_workers": self.dask_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+    def task_runner(self, max_workers: int | None = None):
+        return super().task_runner(max_workers or self.max_concurrency)
 
     @field_validator("parameters")
     @classmethod

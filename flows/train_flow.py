@@ -24,6 +24,7 @@ from preprocessing.errors import TorchyardError  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
+from tasks.parallel import ParallelConfig  # noqa: E402
 from tasks.export import export as export_task  # noqa: E402
 from tasks.preprocess import preprocess as preprocess_task  # noqa: E402
 from tasks.promote import promote as promote_task  # noqa: E402
@@ -38,9 +39,10 @@ from training.config import TrainerConfig  # noqa: E402
 
 def prepare(config: RunConfig, snapshot, run_id: str):
     """validate -> split -> preprocess of a collected snapshot, logging to `run_id`: what training starts from."""
-    validated = validate_task(snapshot, config.data, config.image, config.text, run_id)
+    validated = validate_task(snapshot, config.data, config.image, config.text, run_id, config.parallel)
     splits = split_task(validated, config.split, config.seed, run_id)
-    return validated, preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id)
+    return validated, preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id,
+                                      config.parallel)
 
 
 def work_root() -> Path:
@@ -59,13 +61,14 @@ def train_flow(
     train: TrainerConfig = TrainerConfig(),
     export: ExportConfig = ExportConfig(),
     promote: PromoteConfig = PromoteConfig(),
+    parallel: ParallelConfig = ParallelConfig(),
     experiment: str | None = None,
     seed: int = 42,
     model_fn: str | None = None,
 ) -> dict:
     config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model,
-                       train=train, export=export, promote=promote, experiment=experiment, seed=seed,
-                       model_fn=model_fn)
+                       train=train, export=export, promote=promote, parallel=parallel, experiment=experiment,
+                       seed=seed, model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
     tracking.check_reachable()  # before any data is read

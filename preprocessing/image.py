@@ -28,6 +28,9 @@ MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
+DECODE_CHUNK = 512  # files per task when decoding runs on Dask
+
+
 class AugmentationError(TorchyardError):
     """An augmentation in the config that albumentations does not know or cannot build."""
 
@@ -167,17 +170,28 @@ def _to_channels(image: Image.Image, channels: int) -> np.ndarray:
     return pixels[..., None] if channels == 1 else pixels
 
 
-def decode_all(paths: list[str], channels: int, size: int, workers: int = 0) -> tuple[np.ndarray, list[dict]]:
-    """Decode every file once. Returns the uint8 array [n_good, size, size, channels] in input order, and the bad
-    files as {'row', 'path', 'reason'} (row = position in `paths`)."""
-    def decode(path):
+def decode_files(paths: list[str], channels: int, size: int) -> list[tuple[np.ndarray | None, str | None]]:
+    """(image, None) or (None, reason) per file, in order."""
+    results = []
+    for path in paths:
         try:
-            return load_image(path, channels, size), None
+            results.append((load_image(path, channels, size), None))
         except ValueError as exc:
-            return None, str(exc)
+            results.append((None, str(exc)))
+    return results
 
-    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        results = list(pool.map(decode, paths))
+
+def decode_all(paths: list[str], channels: int, size: int, workers: int = 0,
+               map_chunks=None) -> tuple[np.ndarray, list[dict]]:
+    """Decode every file once. Returns the uint8 array [n_good, size, size, channels] in input order, and the bad
+    files as {'row', 'path', 'reason'} (row = position in `paths`). `map_chunks(function, [args, ...])` runs the
+    chunks elsewhere (Dask workers); by default a thread pool here decodes them (PIL releases the GIL)."""
+    if map_chunks is not None:
+        chunks = [(paths[s:s + DECODE_CHUNK], channels, size) for s in range(0, len(paths), DECODE_CHUNK)]
+        results = [r for part in map_chunks(decode_files, chunks) for r in part]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
+            results = list(pool.map(lambda p: decode_files([p], channels, size)[0], paths))
     bad = [{"row": i, "path": p, "reason": reason} for i, (p, (_, reason)) in enumerate(zip(paths, results)) if reason]
     good = [image for image, _ in results if image is not None]
     array = np.stack(good) if good else np.zeros((0, size, size, channels), dtype=np.uint8)

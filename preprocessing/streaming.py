@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from preprocessing.config import DataConfig, TabularConfig
@@ -65,10 +64,12 @@ class ParquetStream:
                             "download it first")
         if not self.path.exists():
             raise DataError(f"data file not found: {source} (looked for {self.path.resolve()})")
+        self.files = sorted(self.path.rglob("*.parquet")) if self.path.is_dir() else [self.path]
+        if not self.files:
+            raise DataError(f"{self.name} is a folder without .parquet files")
         try:
-            self.dataset = ds.dataset(self.path, format="parquet")
-            self.schema = self.dataset.schema
-            self.n_rows = self.dataset.count_rows()
+            self.schema = pq.read_schema(self.files[0])
+            self.n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{self.name} could not be read as Parquet (data.memory_budget_mb streams Parquet "
                             f"only; convert CSV/JSON with pandas or pyarrow first): {exc}") from exc
@@ -84,16 +85,18 @@ class ParquetStream:
         return list(self.schema.names)
 
     def batches(self, columns: list[str] | None = None):
-        """(first row, arrow RecordBatch) pairs. Read-ahead is off and column chunks are not pre-buffered, so the
-        scanner holds one batch, not one row group or several files."""
-        scanner = self.dataset.scanner(
-            columns=columns, batch_size=self.batch_rows, batch_readahead=0, fragment_readahead=0, use_threads=False,
-            fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
+        """(first row, arrow RecordBatch) pairs, file after file. Column chunks are not pre-buffered and nothing is
+        read ahead, so the reader holds about one row group of the file (its writer's choice) and one batch."""
         first = 0
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield first, batch
-                first += batch.num_rows
+        for path in self.files:
+            reader = pq.ParquetFile(path, pre_buffer=False)
+            if reader.schema_arrow != self.schema:
+                raise DataError(f"{path} in {self.name} has other columns or types than {self.files[0].name}: "
+                                "every file of a streamed folder must have the same schema")
+            for batch in reader.iter_batches(batch_size=self.batch_rows, columns=columns, use_threads=False):
+                if batch.num_rows:
+                    yield first, batch
+                    first += batch.num_rows
 
     def frames(self, columns: list[str] | None = None):
         for first, batch in self.batches(columns):

@@ -40,6 +40,7 @@ _PATTERNS = {  # RE2 syntax (Arrow's regex engine)
 # script, with their combining marks, stay together: Hangul syllables and jamo are letters (category L).
 _ISOLATE = (r"([\pS\pP](?:[\pM\x{200D}\pS\pP])*)", r" \1 ")
 PARALLEL_MIN_TEXTS = 20000
+DASK_CHUNK_TEXTS = 50_000  # texts per task when cleaning runs on Dask
 
 
 def cleaning_steps(config: TextConfig) -> list[list[str]]:
@@ -95,8 +96,12 @@ def _split_chunk(texts: pa.Array, steps: list) -> pa.Array:
     return pc.split_pattern(pc.replace_substring_regex(texts, r"[\s\pZ\x{85}]+", " "), " ")
 
 
-def _chunked(function, texts: pa.Array, *args) -> pa.Array:
-    """`function` over slices of `texts` on one thread per core (Arrow kernels release the GIL)."""
+def _chunked(function, texts: pa.Array, *args, map_chunks=None) -> pa.Array:
+    """`function` over slices of `texts`: on one thread per core here (Arrow kernels release the GIL), or through
+    `map_chunks(function, [args, ...])` elsewhere (Dask workers), in slices of DASK_CHUNK_TEXTS."""
+    if map_chunks is not None and len(texts) > DASK_CHUNK_TEXTS:
+        starts = range(0, len(texts), DASK_CHUNK_TEXTS)
+        return pa.concat_arrays(map_chunks(function, [(texts.slice(s, DASK_CHUNK_TEXTS), *args) for s in starts]))
     workers = os.cpu_count() or 1
     if len(texts) < PARALLEL_MIN_TEXTS or workers == 1:
         return function(texts, *args)
@@ -111,9 +116,9 @@ def clean(texts, config: TextConfig) -> list[str]:
     return _chunked(_clean_chunk, *_prepare(texts, cleaning_steps(config), config.max_chars)).to_pylist()
 
 
-def tokenize(texts, steps: list, config: TextConfig) -> pa.LargeListArray:
+def tokenize(texts, steps: list, config: TextConfig, map_chunks=None) -> pa.LargeListArray:
     """The tokens of each text (a list array, one list per text, in order)."""
-    lists = _chunked(_split_chunk, *_prepare(texts, steps, config.max_chars))
+    lists = _chunked(_split_chunk, *_prepare(texts, steps, config.max_chars), map_chunks=map_chunks)
     flat, lengths = lists.flatten(), token_counts(lists)
     nonempty = pc.not_equal(flat, "")  # runs of spaces and empty texts leave empty tokens
     if not pc.all(nonempty).as_py():
@@ -191,11 +196,11 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
 
 # --- fitting ------------------------------------------------------------------------------------------------------
 
-def fit(train_texts, target: dict, config: TextConfig) -> tuple[dict, np.ndarray]:
+def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple[dict, np.ndarray]:
     """Fit the vocabulary and max_len on the train texts. Returns the state TextTransform applies and the train
     texts already encoded (int64 [n, max_len], 0-padded), so that they are tokenized only once."""
     steps = cleaning_steps(config)
-    lists = tokenize(train_texts, steps, config)
+    lists = tokenize(train_texts, steps, config, map_chunks)
     tokens, lengths = lists.flatten(), token_counts(lists)
     counted = pc.value_counts(tokens)
     values, counts = counted.field("values"), counted.field("counts").to_numpy()
@@ -251,9 +256,9 @@ class TextTransform(TargetCodec):
         self.vocab_size: int = state["vocab_size"]
         self.vocab = pa.array(state["vocab"], type=pa.large_string())
 
-    def encode(self, texts) -> np.ndarray:
+    def encode(self, texts, map_chunks=None) -> np.ndarray:
         """int64 [len(texts), max_len], 0-padded; texts longer than max_len tokens are truncated."""
-        return to_ids(tokenize(texts, self.steps, self.config), self.vocab, self.max_len)
+        return to_ids(tokenize(texts, self.steps, self.config, map_chunks), self.vocab, self.max_len)
 
     def texts(self, frame: pd.DataFrame, name: str = "input") -> pd.Series:
         column = self.config.text_column

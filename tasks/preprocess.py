@@ -17,6 +17,7 @@ from preprocessing.config import ImageConfig, TabularConfig, TextConfig
 from preprocessing.targets import fit_target
 from preprocessing.validate import TableSchema
 from tasks import tracking
+from tasks.parallel import ParallelConfig, chunk_mapper
 from tasks.steps import Prepared, Splits, Validated
 
 SPLITS = ("train", "val", "test")
@@ -55,15 +56,19 @@ def _image(parts: dict, schema: TableSchema, config: ImageConfig, cache: Path, r
                            f"mean {[round(m, 3) for m in state['mean']]}, std {[round(s, 3) for s in state['std']]}")
 
 
-def _text(parts: dict, schema: TableSchema, config: TextConfig, run_id: str, work: Path):
+def _text(parts: dict, schema: TableSchema, config: TextConfig, run_id: str, work: Path, parallel: ParallelConfig):
     column, train = config.text_column, parts["train"]
     target = fit_target(train[schema.target], schema.target, schema.task, schema.classes)
-    state, train_ids = text.fit(train[column], target, config)
-    transform = text.TextTransform(state)
-    arrays = {"train_ids": train_ids}
+    arrays = {}
+    with chunk_mapper(parallel) as map_chunks:  # cleaning and tokenization, chunk by chunk on Dask if asked
+        state, arrays["train_ids"] = text.fit(train[column], target, config, map_chunks)
+        transform = text.TextTransform(state)
+        for name, part in parts.items():
+            if name != "train":
+                arrays[f"{name}_ids"] = transform.encode(part[column], map_chunks)
+        if map_chunks is not None:
+            tracking.log_params(run_id, "preprocess", map_chunks.record())
     for name, part in parts.items():
-        if name != "train":
-            arrays[f"{name}_ids"] = transform.encode(part[column])
         arrays[f"{name}_targets"] = transform.encode_target(part[schema.target])
     stats = state["stats"]
     val_unk = text.unk_share(arrays["val_ids"])
@@ -83,7 +88,7 @@ def _text(parts: dict, schema: TableSchema, config: TextConfig, run_id: str, wor
 
 @task(name="preprocess", cache_policy=NO_CACHE)
 def preprocess(validated: Validated, splits: Splits, config: TabularConfig, image_config: ImageConfig,
-               text_config: TextConfig, run_id: str) -> Prepared:
+               text_config: TextConfig, run_id: str, parallel: ParallelConfig = ParallelConfig()) -> Prepared:
     schema = TableSchema.from_dict(validated.schema)
     if validated.memory_budget_mb:
         return _streamed(validated, splits, schema, config, run_id)
@@ -94,7 +99,7 @@ def preprocess(validated: Validated, splits: Splits, config: TabularConfig, imag
     if validated.cache is not None:
         state, arrays, summary = _image(parts, schema, image_config, validated.cache, run_id, work)
     elif validated.data_type == "text":
-        state, arrays, summary = _text(parts, schema, text_config, run_id, work)
+        state, arrays, summary = _text(parts, schema, text_config, run_id, work, parallel)
     else:
         state, arrays, summary = _tabular(parts, schema, config, run_id)
     np.savez(work / "arrays.npz", **arrays)

@@ -12,6 +12,7 @@ from preprocessing.config import DataConfig, ImageConfig, TextConfig
 from preprocessing.streaming import ParquetStream, validate_stream
 from preprocessing.validate import TableSchema, validate_table
 from tasks import tracking
+from tasks.parallel import ParallelConfig, chunk_mapper
 from tasks.steps import Snapshot, Validated
 
 
@@ -20,13 +21,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("TORCHYARD_CACHE_DIR", tracking.REPO / ".torchyard" / "cache"))
 
 
-def _decode(snapshot: Snapshot, listing: pd.DataFrame, config: ImageConfig, logger):
+def _decode(snapshot: Snapshot, listing: pd.DataFrame, config: ImageConfig, parallel: ParallelConfig, logger):
     cache = image.cache_path(cache_root(), snapshot.fingerprint, config)
     cached = image.load_cache(cache)
     if cached is not None:
         logger.info(f"decoded images found in the cache {cache}")
         return cache, cached[1]
-    images, bad = image.decode_all(listing["path"].tolist(), config.channels, config.cache_size)
+    with chunk_mapper(parallel) as map_chunks:
+        images, bad = image.decode_all(listing["path"].tolist(), config.channels, config.cache_size,
+                                       map_chunks=map_chunks)
+    if map_chunks is not None:
+        logger.info("decoded on Dask: " + ", ".join(f"{k} {v}" for k, v in map_chunks.record().items()))
     image.save_cache(cache, images, bad)
     logger.info(f"decoded {len(images)} images to {config.cache_size}x{config.cache_size}x{config.channels}, "
                 f"cached in {cache}")
@@ -35,7 +40,7 @@ def _decode(snapshot: Snapshot, listing: pd.DataFrame, config: ImageConfig, logg
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, text_config: TextConfig,
-             run_id: str) -> Validated:
+             run_id: str, parallel: ParallelConfig = ParallelConfig()) -> Validated:
     logger = get_run_logger()
     if snapshot.memory_budget_mb:
         return _validated(_validate_stream(snapshot, config), snapshot.path, None, config, text_config, run_id)
@@ -43,7 +48,7 @@ def validate(snapshot: Snapshot, config: DataConfig, image_config: ImageConfig, 
     cache = None
     if config.data_type == "image":
         image.train_pipeline(image_config.augmentations(), image_config.image_size)  # a bad augmentation: fail now
-        cache, bad = _decode(snapshot, frame, image_config, logger)
+        cache, bad = _decode(snapshot, frame, image_config, parallel, logger)
         if bad:
             listed = Path(snapshot.path).with_name("bad_files.csv")
             pd.DataFrame(bad)[["path", "reason"]].to_csv(listed, index=False)
