@@ -34,8 +34,10 @@ _NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32():
 @dataclass(frozen=True)
 class MemoryBudget:
     """How a budget in MiB becomes batch sizes. A record batch converted to pandas and transformed makes a few
-    copies of itself (float64 columns, the encoded matrix, its float32 copy), so it gets 1/16 of the budget; the
-    training shuffle buffer, held with its shuffled copy, gets 1/8."""
+    copies of itself (float64 columns, the encoded matrix, its float32 copy), so it gets 1/32 of the budget; the
+    training shuffle buffer, held with its shuffled copy, gets 1/16. The rest is for what the budget does not
+    set: the Parquet reader's row group (the file's writer chose its size), the split's row positions (8 bytes a
+    row) and the allocators' slack (bench/bench_streaming.py measures the whole)."""
 
     mb: int
 
@@ -45,11 +47,11 @@ class MemoryBudget:
 
     def record_batch_rows(self, schema: pa.Schema) -> int:
         row_bytes = sum(8 if pa.types.is_primitive(f.type) else 64 for f in schema) + 8  # text: ~one Python str
-        return int(np.clip(self.bytes // (16 * row_bytes), 1024, 1_000_000))
+        return int(np.clip(self.bytes // (32 * row_bytes), 1024, 1_000_000))
 
     def buffer_rows(self, n_features: int) -> int:
         """Rows of float32 features in the training shuffle buffer (the reader keeps at least 2 batches)."""
-        return int(max(1024, self.bytes // (8 * 4 * max(1, n_features))))
+        return int(max(1024, self.bytes // (16 * 4 * max(1, n_features))))
 
 
 class ParquetStream:
