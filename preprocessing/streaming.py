@@ -1,5 +1,5 @@
 """Tables larger than memory: a Parquet file (or a folder of Parquet files) read in record batches with
-pyarrow.dataset, validated, split and preprocessed one batch at a time.
+pyarrow.parquet, validated, split and preprocessed one batch at a time.
 
 The statistics are fitted by the same TabularFit and applied by the same TabularTransform as for a table in
 memory; the features of each split are appended to .npy files that training reads back in blocks
@@ -19,9 +19,9 @@ from preprocessing.config import DataConfig, TabularConfig
 from preprocessing.errors import DataError
 from preprocessing.split import SPLITS
 from preprocessing.tabular import TabularFit, TabularTransform
-from preprocessing.validate import (MAX_CLASSES_FOR_INTEGER_TARGET, MIN_ROWS_PER_CLASS, TableSchema, _names,
-                                    check_class_counts, decide_task, feature_candidates, is_numeric_feature,
-                                    numeric_target, usable_features)
+from preprocessing.validate import (MAX_CLASSES_FOR_INTEGER_TARGET, MIN_ROWS_PER_CLASS, TableSchema,
+                                    check_class_counts, check_target, decide_task, feature_candidates,
+                                    is_numeric_feature, numeric_target, usable_features)
 
 STREAM_MANIFEST = "stream.json"  # in the arrays folder: rows per split and the reader's block sizes
 QUANTILE_SAMPLE = 100_000  # values kept per numeric column for the median, quartiles and mode
@@ -129,10 +129,7 @@ def validate_stream(stream: ParquetStream, config: DataConfig) -> TableSchema:
     """What validate_table decides for a table in memory, in one pass over the batches: the same checks and
     messages, with data rows numbered from the start of the file. Rows with a null target are counted and left
     out by every later pass."""
-    name, target, notes = stream.name, config.target_column(), []
-    if target not in stream.columns:
-        hint = "" if config.target else " (no target given; pass --target NAME)"
-        raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(stream.columns)}")
+    name, target, notes = stream.name, check_target(stream.columns, config, stream.name), []
     candidates = feature_candidates(stream.columns, config, target, name)
     values = {c: 0 for c in candidates}
     numeric: dict[str, bool] = {}
@@ -203,14 +200,14 @@ def split_assignment(n_rows: int, parts: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def fit_stream(stream: ParquetStream, assignment: np.ndarray, schema: TableSchema, config: TabularConfig,
-               seed: int = 0) -> tuple[dict, int]:
-    """The preprocessing state fitted on the training rows, and how many training rows remain after nulls."""
+               seed: int = 0) -> TabularFit:
+    """The statistics of the training rows (`.state()`, `.rows` after null handling, `.quantiles_exact`)."""
     fitting = TabularFit(schema, config, sample_size=QUANTILE_SAMPLE, seed=seed)
     columns = list(schema.numeric) + list(schema.categorical) + [schema.target]
     train = SPLITS.index("train")
     for first, frame in stream.frames(columns):
         fitting.update(frame[assignment[first:first + len(frame)] == train])
-    return fitting.state(), fitting.rows
+    return fitting
 
 
 class NpyWriter:
@@ -244,6 +241,7 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
     target_dtype = np.float32 if target["task"] == "regression" else np.int64
     writers = {name: (NpyWriter(out / f"{name}_features.npy", (sizes[name], transform.n_features), np.float32),
                       NpyWriter(out / f"{name}_targets.npy", (sizes[name],), target_dtype)) for name in SPLITS}
+    every_writer = [writer for pair in writers.values() for writer in pair]
     drop_rows = state["config"]["missing"] == "drop_rows"
     test_writer = None
     try:
@@ -265,11 +263,11 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
                 features.write(transform.features(part, f"the {name} split"))
                 targets.write(transform.encode_target(part[target["name"]]))
     finally:
-        for writer in [w for pair in writers.values() for w in pair]:
+        for writer in every_writer:
             writer.file.close()
         if test_writer is not None:
             test_writer.close()
-    for writer in [w for pair in writers.values() for w in pair]:
+    for writer in every_writer:
         writer.check()
     buffer_rows = stream.budget.buffer_rows(transform.n_features)
     manifest = {"rows": sizes, "n_features": transform.n_features, "memory_budget_mb": stream.budget.mb,

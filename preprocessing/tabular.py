@@ -38,13 +38,10 @@ class TabularFit:
         self.categorical = {c: CategoricalSummary() for c in schema.categorical}
         self.target = NumericSummary(sample_size, seed) if schema.task == "regression" else None
         self.rows = 0  # training rows the statistics come from (after missing=drop_rows)
-        self.null_rows = 0  # rows dropped by missing=drop_rows
 
     def update(self, frame: pd.DataFrame) -> None:
         if self.config.missing == "drop_rows":
-            kept = frame.dropna(subset=self.features)
-            self.null_rows += len(frame) - len(kept)
-            frame = kept
+            frame = frame.dropna(subset=self.features)
         self.rows += len(frame)
         for column, summary in self.numeric.items():
             summary.update(frame[column])
@@ -52,6 +49,12 @@ class TabularFit:
             summary.update(frame[column])
         if self.target is not None:
             self.target.update(frame[self.schema.target])
+
+    @property
+    def quantiles_exact(self) -> bool:
+        """Whether every median, quartile and mode came from all of its column's values, not a sample."""
+        summaries = list(self.numeric.values()) + ([self.target] if self.target is not None else [])
+        return all(summary.exact for summary in summaries)
 
     def state(self) -> dict:
         config, schema = self.config, self.schema

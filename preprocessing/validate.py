@@ -38,10 +38,7 @@ class TableSchema:
 def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[pd.DataFrame, TableSchema]:
     """Return the rows usable for training (null targets dropped) and the schema, or raise DataError."""
     notes: list[str] = []
-    target = config.target_column()
-    if target not in frame.columns:
-        hint = "" if config.target else " (no target given; pass --target NAME)"
-        raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(frame.columns)}")
+    target = check_target(frame.columns, config, name)
     frame = drop_null_targets(frame, target, name, notes)
     numeric, categorical = _feature_roles(frame, config, target, name, notes)
     frame, task, classes = target_task(frame, target, config.task, name)
@@ -49,6 +46,15 @@ def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[
         raise DataError(f"{name} has {len(frame)} rows with a target; a train/val/test split needs at least 3")
     schema = TableSchema(target, task, numeric, categorical, classes, len(frame), notes)
     return frame, schema
+
+
+def check_target(columns, config: DataConfig, name: str) -> str:
+    """The target column's name; DataError listing the columns when the table lacks it."""
+    target = config.target_column()
+    if target not in columns:
+        hint = "" if config.target else " (no target given; pass --target NAME)"
+        raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(columns)}")
+    return target
 
 
 def drop_null_targets(frame: pd.DataFrame, target: str, name: str, notes: list[str]) -> pd.DataFrame:

@@ -14,13 +14,12 @@ from prefect.cache_policies import NO_CACHE
 
 from preprocessing import image, streaming, tabular, text
 from preprocessing.config import ImageConfig, TabularConfig, TextConfig
+from preprocessing.split import SPLITS
 from preprocessing.targets import fit_target
 from preprocessing.validate import TableSchema
 from tasks import tracking
 from tasks.parallel import ParallelConfig, chunk_mapper
 from tasks.steps import Prepared, Splits, Validated
-
-SPLITS = ("train", "val", "test")
 
 
 def _tabular(parts: dict, schema: TableSchema, config: TabularConfig, run_id: str) -> tuple[dict, dict, str]:
@@ -114,15 +113,15 @@ def _streamed(validated: Validated, splits: Splits, schema: TableSchema, config:
     work = Path(validated.path).parent
     stream = streaming.ParquetStream(validated.path, validated.memory_budget_mb)
     assignment = streaming.split_assignment(stream.n_rows, dict(np.load(splits.path)))
-    state, train_rows = streaming.fit_stream(stream, assignment, schema, config)
+    fitting = streaming.fit_stream(stream, assignment, schema, config)
+    state, train_rows = fitting.state(), fitting.rows
     manifest = streaming.write_splits(stream, assignment, state, train_rows, work / "arrays",
                                       work / "test_rows.parquet")
     transform = tabular.TabularTransform(state)
-    exact = train_rows <= streaming.QUANTILE_SAMPLE
     tracking.log_params(run_id, "preprocess", {**transform.describe(), "memory_budget_mb": stream.budget.mb,
                                                "record_batch_rows": stream.batch_rows,
                                                "shuffle_buffer_rows": manifest["buffer_rows"],
-                                               "quantiles": "exact" if exact else
+                                               "quantiles": "exact" if fitting.quantiles_exact else
                                                f"sample of {streaming.QUANTILE_SAMPLE} values"})
     summary = (f"preprocessed into {transform.n_features} features in record batches of {stream.batch_rows} rows "
                f"({train_rows} training rows after null handling); training streams them from disk through a "

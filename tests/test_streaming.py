@@ -60,7 +60,8 @@ def test_streamed_steps_equal_the_table_read_whole(table, tmp_path, missing):
     assert all(np.array_equal(positions[parts[k]], streamed_parts[k]) for k in SPLITS)
 
     assignment = streaming.split_assignment(stream.n_rows, streamed_parts)
-    state, train_rows = streaming.fit_stream(stream, assignment, streamed, preprocess)
+    fitting = streaming.fit_stream(stream, assignment, streamed, preprocess)
+    state, train_rows = fitting.state(), fitting.rows
     expected = tabular.fit(whole.iloc[parts["train"]], schema, preprocess)
     assert json.dumps(state, sort_keys=True) == json.dumps(json.loads(json.dumps(expected)), sort_keys=True) or \
         _close(state, expected)
