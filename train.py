@@ -35,7 +35,7 @@ FLAGS = {
     "master_port": ("train.distributed", "master_port"),
     "scheduler": ("train.scheduler", "name"), "patience": ("train.early_stopping", "patience"),
     "scaler": ("preprocess", "scaler"), "missing": ("preprocess", "missing"),
-    "model_name": ("export", "model_name"),
+    "model_name": ("export", "model_name"), "baseline_enabled": ("baseline", "enabled"),
     "experiment": (None, "experiment"), "seed": (None, "seed"), "model_fn": (None, "model_fn"),
 }
 
@@ -97,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scaler", choices=["standard", "minmax", "robust", "none"])
     p.add_argument("--missing", choices=["impute", "drop_rows", "drop_columns"])
     p.add_argument("--model_name", help="registered model name")
+    p.add_argument("--no_baseline", dest="baseline_enabled", action="store_const", const=False,
+                   help="skip the scikit-learn baseline fitted beside the network")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--seed", type=int)
     return p.parse_args(argv)
@@ -168,6 +170,7 @@ def main(argv=None) -> int:
         return 0
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     print(f"done: {metrics}")
+    print_baseline(result)
     if result["model_file"]:
         print(f"model file: {result['model_file']}")
     if result["model_version"]:
@@ -176,6 +179,26 @@ def main(argv=None) -> int:
               f"{promotion['reason']})")
     print(f"MLflow run: {result['run_id']} (make mlflow-ui, then http://127.0.0.1:5000)")
     return 0
+
+
+def print_baseline(result: dict) -> None:
+    """The baseline's test metrics beside the network's, and a warning line when the network loses."""
+    baseline = result.get("baseline")
+    if not baseline:
+        return
+    values = ", ".join(f"{k.removeprefix('baseline_')} {v:.4f}" for k, v in baseline["metrics"].items())
+    print(f"baseline ({baseline['model']}, {baseline['seconds']:.1f}s): {values}")
+    from training.baseline import margins
+
+    primary = result["primary_metric"]
+    margin = margins(result["metrics"], baseline["metrics"]).get(f"margin_{primary}")
+    if margin is None:
+        return
+    ours, theirs = result["metrics"][primary], baseline["metrics"][f"baseline_{primary}"]
+    if margin < 0:
+        print(f"warning: the network is worse than the baseline on {primary} ({ours:.4f} against {theirs:.4f})")
+    else:
+        print(f"the network is at least as good as the baseline on {primary} ({ours:.4f} against {theirs:.4f})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularCo
 from preprocessing.errors import TorchyardError
 from preprocessing.sources import dataset_name
 from tasks.parallel import ParallelConfig
+from training.baseline import BaselineConfig
 from training.config import TrainerConfig
 
 
@@ -62,6 +63,8 @@ class RunConfig(BaseModel):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Where per-file preprocessing "
                                      "(image decoding, text cleaning) runs: threads here, or Dask.")
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="A scikit-learn model on the same "
+                                     "split, logged beside the network's test metrics.")
     experiment: str | None = Field(None, description="MLflow experiment; default: the dataset's name.")
     seed: int = 42
     model_fn: str | None = Field(None, description="Also write the model file here (plus .onnx beside it).")
@@ -93,7 +96,7 @@ class RunConfig(BaseModel):
 
     def config_hash(self) -> str:
         """Identifies what was asked for (not where the model file goes): equal hashes, equal training."""
-        asked = self.model_dump(mode="json", exclude={"model_fn", "promote", "parallel"})
+        asked = self.model_dump(mode="json", exclude={"model_fn", "promote", "parallel", "baseline"})
         config_json = json.dumps(asked, sort_keys=True)
         return hashlib.sha256(config_json.encode()).hexdigest()[:12]
 

@@ -155,7 +155,7 @@ def sweep_flow(
         logger.info(f"sweep of {len(trials)} trial(s), {sweep.max_concurrency} at a time; MLflow parent run {parent}")
         try:
             snapshot = collect_task(base.data, base.image, parent, work_dir)
-            _, prepared = prepare(base, snapshot, parent)
+            _, _, prepared = prepare(base, snapshot, parent)
             run_trials = sweep_trials.with_options(task_runner=sweep.task_runner())
             results = run_trials(prepared, trials, configs, sweep.max_concurrency, seed, experiment_id, parent, name,
                                  work_dir)

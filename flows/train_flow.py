@@ -22,6 +22,7 @@ from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
 from preprocessing.errors import TorchyardError  # noqa: E402
 from tasks import tracking  # noqa: E402
+from tasks.baseline import baseline as baseline_task  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
 from tasks.parallel import ParallelConfig  # noqa: E402
@@ -33,6 +34,7 @@ from tasks.register import register as register_task  # noqa: E402
 from tasks.split import split as split_task  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
 from tasks.validate import validate as validate_task  # noqa: E402
+from training.baseline import BaselineConfig  # noqa: E402
 from training.config import TrainerConfig  # noqa: E402
 
 
@@ -41,8 +43,8 @@ def prepare(config: RunConfig, snapshot, run_id: str):
     """validate -> split -> preprocess of a collected snapshot, logging to `run_id`: what training starts from."""
     validated = validate_task(snapshot, config.data, config.image, config.text, run_id, config.parallel)
     splits = split_task(validated, config.split, config.seed, run_id)
-    return validated, preprocess_task(validated, splits, config.preprocess, config.image, config.text, run_id,
-                                      config.parallel)
+    return validated, splits, preprocess_task(validated, splits, config.preprocess, config.image, config.text,
+                                              run_id, config.parallel)
 
 
 def work_root() -> Path:
@@ -62,12 +64,14 @@ def train_flow(
     export: ExportConfig = ExportConfig(),
     promote: PromoteConfig = PromoteConfig(),
     parallel: ParallelConfig = ParallelConfig(),
+    baseline: BaselineConfig = BaselineConfig(),
     experiment: str | None = None,
     seed: int = 42,
     model_fn: str | None = None,
 ) -> dict:
     config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model,
-                       train=train, export=export, promote=promote, parallel=parallel, experiment=experiment,
+                       train=train, export=export, promote=promote, parallel=parallel, baseline=baseline,
+                       experiment=experiment,
                        seed=seed, model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
@@ -93,9 +97,11 @@ def train_flow(
                 champion = unchanged_since_champion(config.model_name, snapshot.fingerprint, config.config_hash())
                 if champion is not None:
                     return _no_new_data(config, champion, run_id, experiment_id, work_dir, logger)
-            validated, prepared = prepare(config, snapshot, run_id)
+            validated, splits, prepared = prepare(config, snapshot, run_id)
+            primary_metric = config.promote.metric_for(validated.schema["task"])
+            baseline = baseline_task(validated, splits, prepared, config.baseline, config.seed, run_id)
             trained = train_task(prepared, config.model, config.train, config.seed, run_id, work_dir / "checkpoints")
-            metrics = evaluate_task(prepared, trained, run_id)
+            metrics = evaluate_task(prepared, trained, run_id, baseline, primary_metric)
             run_info = {"run_id": run_id, "experiment": config.experiment_name, "flow_run_id": run_key,
                         "data_fingerprint": snapshot.fingerprint, "config": config.model_dump(mode="json")}
             exported = export_task(prepared, trained, config.export.tolerance, run_id, run_info, metrics)
@@ -108,8 +114,7 @@ def train_flow(
             if config.export.register_model:
                 version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint,
                                         config.config_hash())
-                promotion = promote_task(prepared, metrics, config.promote.metric_for(validated.schema["task"]),
-                                         config.promote.min_improvement, config.model_name, version, run_id)
+                promotion = promote_task(prepared, metrics, primary_metric, config.promote.min_improvement, config.model_name, version, run_id)
         except BaseException as exc:
             logger.error(f"train-flow failed: {tracking.record_failure(run_id, exc)}")
             raise
@@ -117,7 +122,7 @@ def train_flow(
     shutil.rmtree(work_dir, ignore_errors=True)  # kept on failure so that a retry resumes from the checkpoint
     return {"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics, "model_name": config.model_name,
             "model_version": version, "model_file": str(model_path) if config.model_fn else None,
-            "promotion": promotion, "skipped": False}
+            "promotion": promotion, "skipped": False, "baseline": baseline, "primary_metric": primary_metric}
 
 
 def _no_new_data(config: RunConfig, champion, run_id: str, experiment_id: str, work_dir: Path, logger) -> dict:

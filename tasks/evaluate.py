@@ -12,6 +12,7 @@ from tasks import tracking
 from tasks.inputs import batch_source, load_transform, served_outputs
 from tasks.steps import Prepared, Trained
 from training import evaluation
+from training.baseline import margins
 from training.objectives import ServingModel, make_objective
 
 
@@ -33,7 +34,10 @@ def mlflow_run_url(run_id: str) -> str:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(prepared: Prepared, trained: Trained, run_id: str) -> dict:
+def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict | None = None,
+             primary_metric: str | None = None) -> dict:
+    """Test metrics of the network; with a baseline (tasks/baseline.py), also margin_<metric> (positive: the
+    network is better) and a warning when the network loses on `primary_metric`."""
     model, transform, _ = serving_model(prepared, trained)
     served, targets = served_outputs(model, batch_source(prepared, transform, "test", batch_size=1024))
     target = transform.target
@@ -50,14 +54,40 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str) -> dict:
     tracking.log_metrics(run_id, metrics)
     tracking.configure().log_artifact(run_id, str(plot), "evaluate")
 
+    logger = get_run_logger()
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    get_run_logger().info(f"test split: {summary}")
+    logger.info(f"test split: {summary}")
+    compared = baseline_comparison(metrics, baseline, primary_metric, run_id, logger)
     url = mlflow_run_url(run_id)
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    if baseline:
+        rows = "\n".join(f"| {k} | {v:.4f} | {baseline['metrics'][f'baseline_{k}']:.4f} | {compared[f'margin_{k}']:+.4f} |"
+                         for k, v in metrics.items())
+        table = f"| metric | network | baseline | margin |\n|---|---|---|---|\n{rows}\n\nBaseline: {baseline['model']}."
+    else:
+        rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+        table = f"| metric | value |\n|---|---|\n{rows}"
     create_markdown_artifact(
         key="train-summary",
-        markdown=(f"# {target['name']}: {target['task']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+        markdown=(f"# {target['name']}: {target['task']}\n\n{table}\n\n"
                   f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]({url})\n"),
         description="test metrics of this train-flow run",
     )
     return metrics
+
+
+def baseline_comparison(metrics: dict, baseline: dict | None, primary_metric: str | None, run_id: str,
+                        logger) -> dict:
+    """Logs margin_<metric> over the baseline and warns when the network is worse on the primary metric."""
+    if not baseline:
+        return {}
+    compared = margins(metrics, baseline["metrics"])
+    tracking.log_metrics(run_id, compared)
+    primary = primary_metric if primary_metric in metrics else next(iter(metrics))
+    margin = compared.get(f"margin_{primary}")
+    if margin is not None and margin < 0:
+        logger.warning(f"the network is worse than the baseline ({baseline['model']}) on {primary}: "
+                       f"{metrics[primary]:.4f} against {baseline['metrics'][f'baseline_{primary}']:.4f}")
+        tracking.set_tags(run_id, {"baseline.beaten": "false"})
+    elif margin is not None:
+        tracking.set_tags(run_id, {"baseline.beaten": "true"})
+    return compared

@@ -1,0 +1,130 @@
+"""A simple scikit-learn model on the same train/test split as the network, so that every run shows whether the
+network beats three lines of scikit-learn: tables -> HistGradientBoosting, texts -> tf-idf of word 1-2 grams with
+logistic (or ridge) regression, images -> logistic regression on downscaled pixels.
+
+Each baseline returns what the exported network returns (class probabilities [N, C] or values [N, 1] on the
+target's original scale), so the same test metrics (training/evaluation.py) score both.
+"""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_IMAGE_FEATURES = 1024  # downscaled pixels per image: 32x32 grey, or 16x16 in colour
+
+
+class BaselineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Fit a scikit-learn baseline on the same split and log "
+                          "baseline_test_<metric> and the network's margin over it.")
+    max_train_rows: int = Field(100_000, ge=10, description="Tables and texts with more training rows are "
+                                "subsampled (seeded) to this many for the baseline.")
+    max_image_rows: int = Field(20_000, ge=10, description="Images: above this many training images the "
+                                "baseline is skipped (logged), as logistic regression on pixels gets slow.")
+
+
+class BaselineSkipped(Exception):
+    """The baseline does not apply to this data; the message says why (logged, not an error)."""
+
+
+@dataclass
+class Baseline:
+    name: str  # what was fitted, e.g. "HistGradientBoostingClassifier"
+    served: np.ndarray  # probabilities [N, C] or values [N, 1], original scale
+    seconds: float
+    train_rows: int
+
+
+def subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    """Row positions to fit on: all of them, or a seeded sorted sample of `limit`."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _served(model, inputs, task: str, n_classes: int, target: dict) -> np.ndarray:
+    if task == "regression":
+        return (model.predict(inputs).astype(np.float64) * target["std"] + target["mean"]).reshape(-1, 1)
+    proba = model.predict_proba(inputs)
+    full = np.zeros((proba.shape[0], n_classes))  # a class missing from the train split gets probability 0
+    full[:, model.classes_.astype(np.int64)] = proba
+    return full
+
+
+def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: dict) -> Baseline:
+    task, n_classes = target["task"], len(target["classes"])
+    train_targets = np.asarray(train_targets)
+    if task == "classification" and len(np.unique(train_targets)) < 2:
+        raise BaselineSkipped("the train split holds a single class")
+    started = time.perf_counter()
+    model.fit(train_inputs, train_targets)
+    served = _served(model, test_inputs, task, n_classes, target)
+    return Baseline(name, served, time.perf_counter() - started, len(train_targets))
+
+
+def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features: np.ndarray, target: dict,
+            seed: int) -> Baseline:
+    """HistGradientBoosting with its defaults on the preprocessed features (imputed, scaled, one-hot)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    if target["task"] == "regression":
+        model = HistGradientBoostingRegressor(random_state=seed)
+    else:
+        model = HistGradientBoostingClassifier(random_state=seed)
+    return _fit(model, type(model).__name__, train_features, train_targets, test_features, target)
+
+
+def text(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str], target: dict,
+         seed: int) -> Baseline:
+    """tf-idf of word 1-2 grams (scikit-learn's own tokenizer, on the raw texts), then logistic regression
+    (classification) or ridge regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+
+    head = Ridge() if target["task"] == "regression" else LogisticRegression(max_iter=1000, random_state=seed)
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), head)
+    return _fit(model, f"tfidf-1-2gram+{type(head).__name__}", train_texts, train_targets, test_texts, target)
+
+
+def downscale(images: np.ndarray, max_features: int = MAX_IMAGE_FEATURES) -> np.ndarray:
+    """uint8 [N, H, W, C] -> float32 [N, F] in 0..1: block means down to at most max_features values (colour
+    becomes grey first when it alone would exceed them)."""
+    x = images.astype(np.float32) / 255.0
+    if x.shape[-1] > 1 and x.shape[1] * x.shape[2] * x.shape[3] > max_features:
+        x = x.mean(axis=-1, keepdims=True)
+    side = x.shape[1]
+    factor = 1
+    while (side // factor) ** 2 * x.shape[-1] > max_features:
+        factor += 1
+    cut = side // factor * factor
+    x = x[:, :cut, :cut].reshape(len(x), cut // factor, factor, cut // factor, factor, x.shape[-1]).mean((2, 4))
+    return x.reshape(len(x), -1)
+
+
+def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.ndarray, target: dict,
+          seed: int) -> Baseline:
+    """Logistic regression on standardised, downscaled pixels (uint8 [N, H, W, C] crops as the network sees)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train_x, test_x = downscale(train_images), downscale(test_images)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=0.1, random_state=seed))
+    name = f"LogisticRegression on {train_x.shape[1]} downscaled pixel values"
+    return _fit(model, name, train_x, train_targets, test_x, target)
+
+
+def margins(metrics: dict, baseline_metrics: dict) -> dict:
+    """margin_<metric>: how much better the network is than the baseline on each test metric (positive = better;
+    for errors such as test_mse, the baseline's value minus the network's)."""
+    from training.evaluation import lower_is_better
+
+    out = {}
+    for name, value in metrics.items():
+        theirs = baseline_metrics.get(f"baseline_{name}")
+        if theirs is not None:
+            out[f"margin_{name}"] = theirs - value if lower_is_better(name) else value - theirs
+    return out
