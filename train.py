@@ -40,6 +40,15 @@ FLAGS = {
 }
 
 
+def _rate(value: str):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a model through train-flow (Prefect) with MLflow tracking.")
     p.add_argument("--config", help="YAML file with sections data, split, preprocess, image, text, model, train, "
@@ -83,13 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--master_addr", help="DDP: rank 0's address")
     p.add_argument("--master_port", type=int, help="DDP: rank 0's port")
     p.add_argument("--gpu_memory_fraction", type=float, help="cap this process's share of the GPU memory (0-1]")
-    p.add_argument("--batch_size", type=int)
-    p.add_argument("--n_epochs", type=int)
+    p.add_argument("--batch_size", type=int, help="default: from the train split's size (rows/32 as a power of two, "
+                   "16 to 256)")
+    p.add_argument("--n_epochs", type=int, help="a cap (default 100): early stopping ends training before it")
     p.add_argument("--n_layers", type=int, help="linear layers in all (hidden blocks + output)")
     p.add_argument("--hidden_size", type=int)
     p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu", "leaky_relu"])
     p.add_argument("--dropout", type=float)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=_rate, help="learning rate, or 'auto' for a learning-rate range test (default 1e-3)")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--scheduler", help="none, LambdaLR, StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, "
                                        "ReduceLROnPlateau")

@@ -71,7 +71,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _model_fits_data(self):
-        self.model = self.model.resolved(self.data.data_type)
+        self.model = self.model.resolved(self.data.data_type, self.image.image_size)
         wanted = {"image": "cnn", "text": "text"}.get(self.data.data_type, "mlp")
         if self.model.type != wanted and not self.model.pretrained:
             raise ValueError(f"model.type {self.model.type} cannot take {self.data.data_type} data; use {wanted}")

@@ -10,6 +10,8 @@ from models.text import TextNet
 
 def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Module:
     """input_size: features for an MLP, image channels for a CNN, vocabulary size for a text model."""
+    if config.type != "auto":
+        config = config.resolved()  # n_layers' default for the type
     if config.type == "mlp":
         return MLP(input_size, output_size, n_layers=config.n_layers, hidden_size=config.hidden_size,
                    activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout)

@@ -1,7 +1,19 @@
 """Typed configuration of the network."""
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+MLP_LAYERS, TEXT_LAYERS = 3, 1
+
+
+def default_layers(model_type: str, image_size: int | None = None) -> int:
+    """n_layers when not given: 3 for an MLP, TEXT_LAYERS for texts, and for a CNN one pooling block per halving
+    from image_size down to about 4 px (2 to 5 blocks), so the receptive field grows with the image."""
+    if model_type == "cnn":
+        return int(min(5, max(2, round(math.log2((image_size or 32) / 4)))))
+    return TEXT_LAYERS if model_type == "text" else MLP_LAYERS
 
 
 class ModelConfig(BaseModel):
@@ -9,8 +21,10 @@ class ModelConfig(BaseModel):
 
     type: Literal["auto", "mlp", "cnn", "text"] = Field("auto", description="auto: mlp for tables, cnn for images, "
                                                        "text for texts.")
-    n_layers: int = Field(3, ge=1, description="mlp: Linear layers in all (n_layers-1 hidden blocks, then the output "
-                          "layer); cnn: convolution blocks; text: the encoder's depth (see encoder).")
+    n_layers: int | None = Field(None, ge=1, description="mlp: Linear layers in all (n_layers-1 hidden blocks, then "
+                                 "the output layer; default 3); cnn: convolution blocks (default from image.image_size: "
+                                 "log2(size/4) between 2 and 5, so 3 at 32 px, 5 from 91 px); text: the encoder's "
+                                 "depth (see encoder; default TEXT_LAYERS).")
     hidden_size: int = Field(64, ge=1, description="mlp: hidden width; cnn: width of the hidden fully connected layer.")
     activation: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"] = "relu"
     batch_norm: bool = True
@@ -41,11 +55,14 @@ class ModelConfig(BaseModel):
     def channels(self) -> list[int]:
         return self.conv_channels or [32 * 2 ** i for i in range(self.n_layers)]
 
-    def resolved(self, data_type: str) -> "ModelConfig":
-        """This config with type 'auto' replaced by the model type for the data type."""
-        if self.type != "auto":
-            return self
-        return self.model_copy(update={"type": {"image": "cnn", "text": "text"}.get(data_type, "mlp")})
+    def resolved(self, data_type: str | None = None, image_size: int | None = None) -> "ModelConfig":
+        """This config with the defaults that depend on the data made: type 'auto' replaced by the model type for
+        the data type, n_layers by the type's default (the CNN's from the image size)."""
+        kind = self.type if self.type != "auto" else {"image": "cnn", "text": "text"}.get(data_type, "mlp")
+        update = {"type": kind}
+        if self.n_layers is None:
+            update["n_layers"] = default_layers(kind, image_size)
+        return self.model_copy(update=update)
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

@@ -20,9 +20,9 @@ from tasks import registry
 from tasks import tracking
 from tasks.inputs import batch_source, input_size, load_transform
 from tasks.steps import Prepared, Trained
-from training import ddp
+from training import ddp, lr_finder
 from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint
-from training.config import TrainerConfig
+from training.config import DEFAULT_LR, TrainerConfig
 from training.device import apply_limits, select_device
 from training.objectives import make_objective
 from training.optim import make_trainer
@@ -123,6 +123,50 @@ def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, 
     return history, out / "network.pt"
 
 
+def find_lr(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
+            device: torch.device, run_id: str, work: Path, logger) -> float:
+    """lr auto: the range test on a throw-away copy of the network; its curve is logged as train/lr_find.png.
+    When no rate lowers the loss, the default rate is used and a warning says so."""
+    trainer, _ = build_trainer(transform, model_config, config.model_copy(update={"lr": DEFAULT_LR}), seed, device, [])
+    source = batch_source(prepared, transform, "train", config.batch_size)
+    started = time.perf_counter()
+    lr, finding, failure = lr_finder.pick_lr(trainer.model, trainer.objective, trainer.optimizer, source,
+                                             torch.Generator().manual_seed(seed), device, config.lr_find_steps,
+                                             DEFAULT_LR)
+    if failure:
+        logger.warning(f"lr auto: {failure}; training with the default lr {lr:g} instead")
+        tracking.set_tags(run_id, {"train.lr_find": f"fell back to {lr:g}: {failure}"[:5000]})
+        return lr
+    plot = Path(work) / "lr_find.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    lr_finder.plot(finding, plot)
+    tracking.configure().log_artifact(run_id, str(plot), "train")
+    tracking.log_metrics(run_id, {"lr_find_seconds": time.perf_counter() - started,
+                                  "lr_find_min_loss_lr": finding.min_loss_lr})
+    logger.info(f"lr auto: range test over {len(finding.lrs)} steps, lowest loss at {finding.min_loss_lr:.2e}; "
+                f"training with lr {finding.suggestion:.2e}")
+    return lr
+
+
+def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
+                   device: torch.device, run_id: str, work: Path, logger) -> TrainerConfig:
+    """The trainer config with the automatic choices made: batch size from the train split's size, lr auto."""
+    n_train = len(batch_source(prepared, transform, "train", 1))
+    if n_train < 2:
+        raise DataError(f"the train split holds {n_train} row(s); training needs at least 2 (BatchNorm): add rows "
+                        "or give split.train a larger share")
+    resolved = config.resolved(n_train)
+    if config.batch_size is None:
+        logger.info(f"batch size {resolved.batch_size} chosen for {n_train} training rows "
+                    f"({-(-n_train // resolved.batch_size)} steps per epoch)")
+    elif resolved.batch_size != config.batch_size:
+        logger.warning(f"batch_size {config.batch_size} is more than the {n_train} training rows; one batch of "
+                       f"{n_train} per epoch instead")
+    if config.lr == "auto":
+        resolved.lr = find_lr(prepared, transform, model_config, resolved, seed, device, run_id, work, logger)
+    return resolved
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, seed: int, run_id: str,
           checkpoint_dir: Path) -> Trained:
@@ -134,7 +178,10 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     if limits:
         logger.info("resource limits: " + ", ".join(limits))
     transform = load_transform(prepared)
-    tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device)})
+    asked = config
+    config = resolve_config(prepared, transform, model_config, config, seed, device, run_id, checkpoint_dir, logger)
+    tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device),
+                                          "batch_size_auto": asked.batch_size is None, "lr_auto": asked.lr == "auto"})
     if config.distributed.enabled:
         tracking.log_params(run_id, "model", model_config.model_dump())  # pretrained networks are refused there
         started = time.perf_counter()

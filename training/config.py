@@ -1,4 +1,5 @@
 """Typed configuration of the trainer: optimizer, LR scheduler, early stopping, device."""
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,9 +12,12 @@ class _Section(BaseModel):
 
 
 class SchedulerConfig(_Section):
-    """One of torch.optim.lr_scheduler's schedulers, stepped once per epoch. Only the fields of the chosen one apply."""
+    """One of torch.optim.lr_scheduler's schedulers, stepped once per epoch. Only the fields of the chosen one apply.
+    The default, ReduceLROnPlateau on early_stopping.monitor, follows however long training turns out to be (n_epochs
+    is only a cap): the rate drops tenfold after `patience` epochs without improvement, and early stopping (patience
+    10) ends training once the lower rate has stopped helping too."""
 
-    name: Literal[SCHEDULERS] = "none"
+    name: Literal[SCHEDULERS] = "ReduceLROnPlateau"
     # LambdaLR, expressed in config: linear warm-up for warmup_epochs, then decay to final_factor x lr.
     warmup_epochs: int = Field(0, ge=0)
     decay: Literal["linear", "cosine", "constant"] = "linear"
@@ -59,17 +63,35 @@ class EarlyStoppingConfig(_Section):
     enabled: bool = True
     monitor: str = Field("val_loss", description="Any logged epoch metric: val_loss, val_accuracy, val_mae, ...")
     mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy/f1/auroc/r2, else min.")
-    patience: int = Field(5, ge=1)
+    patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0)
     restore_best: bool = True
 
 
+DEFAULT_LR = 1e-3
+AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_BATCH_STEPS = 16, 256, 32
+
+
+def auto_batch_size(n_train: int) -> int:
+    """The power of two nearest to n_train / 32 (about 32 optimizer steps per epoch), between 16 and 256: small
+    data gets small batches and so enough steps; large data the usual 256."""
+    if n_train <= AUTO_BATCH_MIN * AUTO_BATCH_STEPS:
+        return AUTO_BATCH_MIN
+    return int(min(AUTO_BATCH_MAX, 2 ** round(math.log2(n_train / AUTO_BATCH_STEPS))))
+
+
 class TrainerConfig(_Section):
-    n_epochs: int = Field(20, ge=1)
-    batch_size: int = Field(256, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    n_epochs: int = Field(100, ge=1, description="A cap: early stopping ends training when the monitored metric "
+                          "stops improving, and the best epoch's weights are restored.")
+    batch_size: int | None = Field(None, ge=1, description="Default: from the train split's size, the power of two "
+                                   "nearest to rows/32 between 16 and 256 (logged as train.batch_size).")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float | Literal["auto"] = Field(1e-3, description="A rate, or 'auto': a learning-rate range test over "
+                                        "lr_find_steps steps picks one tenth of the rate with the lowest loss (logged "
+                                        "as train.lr, its curve as train/lr_find.png); when the loss goes down at no "
+                                        "rate, 1e-3 is used and a warning says so.")
+    lr_find_steps: int = Field(200, ge=20, description="lr auto: steps of the range test (1e-6 up to 1).")
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled (AdamW) or L2 (Adam, SGD) weight decay.")
     momentum: float = Field(0.9, ge=0, description="SGD only.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
@@ -79,3 +101,22 @@ class TrainerConfig(_Section):
                                     "(torch.set_num_threads); default: torch's own choice.")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="Cap on the share of the GPU's memory "
                                               "this process may allocate (torch.cuda.set_per_process_memory_fraction).")
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_rate(cls, value):
+        if value != "auto" and value <= 0:
+            raise ValueError("lr must be a positive number or 'auto'")
+        return value
+
+    def resolved(self, n_train: int, lr: float | None = None) -> "TrainerConfig":
+        """This config with the automatic choices made: the batch size for `n_train` training rows, and `lr`
+        (the range test's pick) when lr is 'auto'."""
+        update = {}
+        if self.batch_size is None:
+            update["batch_size"] = auto_batch_size(n_train)
+        if (update.get("batch_size") or self.batch_size) > n_train:
+            update["batch_size"] = max(1, n_train)  # one batch of the whole split; said in the train task's log
+        if self.lr == "auto":
+            update["lr"] = lr if lr is not None else DEFAULT_LR
+        return self.model_copy(update=update)

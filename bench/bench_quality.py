@@ -1,0 +1,103 @@
+"""Model quality with defaults only, against the scikit-learn baseline on the same split (make bench-quality).
+
+For each real labelled data set in bench/quality_data.py (two or more per data type, read from PyPI wheels), run
+`train.py` as a user would, with no tuning flag, and read the network's and the baseline's test metric from its
+summary. Prints one table row per data set:
+rows, metric, network, baseline, margin (positive: the network is better), wall time of the whole train.py run.
+
+    python bench/bench_quality.py                         # every data set
+    python bench/bench_quality.py --only penguins,sms-spam
+    python bench/bench_quality.py --only penguins -- --n_epochs 20 --batch_size 256   # extra train.py flags
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from quality_data import DATASETS  # noqa: E402
+
+METRIC = re.compile(r"(test_\w+) (-?[\d.]+(?:e-?\d+)?)")
+
+
+def parse(output: str) -> tuple[dict, dict, str]:
+    """The network's and the baseline's test metrics from train.py's summary lines, and the baseline's name."""
+    done = next((line for line in output.splitlines() if line.startswith("done: ")), None)
+    if done is None:
+        raise RuntimeError("train.py printed no 'done:' line:\n" + output[-3000:])
+    network = {k: float(v) for k, v in METRIC.findall(done)}
+    line = next((line for line in output.splitlines() if line.startswith("baseline (")), "")
+    baseline = {k: float(v) for k, v in METRIC.findall(line.split("):", 1)[-1])}
+    name = line[len("baseline ("):].split(",")[0] if line else "-"
+    return network, baseline, name
+
+
+def run(name: str, work: Path, extra: list[str]) -> dict:
+    data_type, loader = DATASETS[name]
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
+    args = loader(out)
+    rows = _rows(data_type, out)
+    command = [sys.executable, str(REPO / "train.py"), *args, "--model_fn", str(out / "model.pth"),
+               "--experiment", "bench-quality", "--model_name", f"bench-{name}", *extra]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "TORCHYARD_WORK_DIR": str(work / "runs"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: train.py exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    network, baseline, baseline_name = parse(done.stdout)
+    metric = "test_r2" if "test_r2" in network else "test_accuracy"
+    return {"name": name, "type": data_type, "rows": rows, "metric": metric, "network": network[metric],
+            "baseline": baseline.get(metric), "baseline_name": baseline_name, "seconds": seconds}
+
+
+def _rows(data_type: str, out: Path) -> int:
+    if data_type == "image":
+        return sum(1 for _ in (out / "images").rglob("*.png"))
+    import pandas as pd
+
+    return len(pd.read_csv(next(out.glob("*.csv"))))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated data set names: " + ", ".join(DATASETS))
+    parser.add_argument("--work", default=str(REPO / ".torchyard" / "bench-quality"))
+    parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(DATASETS)
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        parser.error(f"unknown data set(s) {unknown}; known: {', '.join(DATASETS)}")
+    work = Path(args.work)
+    print("| data set | type | rows | metric | network | baseline | margin | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    results, failures = [], 0
+    for name in names:
+        try:
+            r = run(name, work, args.extra)
+        except RuntimeError as exc:
+            failures += 1
+            print(f"| {name} | failed: {str(exc).splitlines()[0]} |||||||", flush=True)
+            print(exc, file=sys.stderr)
+            continue
+        results.append(r)
+        margin = f"{r['network'] - r['baseline']:+.4f}" if r["baseline"] is not None else "-"
+        baseline = f"{r['baseline']:.4f}" if r["baseline"] is not None else "-"
+        print(f"| {r['name']} | {r['type']} | {r['rows']} | {r['metric'].removeprefix('test_')} | "
+              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} |", flush=True)
+    beaten = [r for r in results if r["baseline"] is not None and r["network"] >= r["baseline"]]
+    print(f"\nthe network matches or beats the baseline on {len(beaten)} of {len(results)} data sets; baselines: "
+          + "; ".join(sorted({f"{r['type']} {r['baseline_name']}" for r in results})))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
