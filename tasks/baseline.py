@@ -67,7 +67,7 @@ def fit_baseline(validated: Validated, splits: Splits, prepared: Prepared, confi
     import torch
 
     served = torch.from_numpy(np.asarray(result.served, dtype=np.float32))
-    truth = torch.from_numpy(np.asarray(test_targets))
+    truth = torch.from_numpy(np.array(test_targets))
     if target["task"] == "regression":
         truth = truth.double() * target["std"] + target["mean"]
     metrics = evaluation.test_metrics(target["task"], served, truth)
