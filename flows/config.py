@@ -78,6 +78,12 @@ class RunConfig(BaseModel):
         if self.data.data_type == "text" and self.model.pretrained:
             raise ValueError("model.pretrained is not offered for text models: a new vocabulary would not match "
                              "the pretrained embedding")
+        if self.data.data_type == "text" and self.model.encoder != "mean":
+            if self.text.word_ngrams > 1:
+                raise ValueError(f"text.word_ngrams {self.text.word_ngrams} adds a bag of n-grams for the mean "
+                                 f"encoder; the {self.model.encoder} encoder reads tokens in order: leave it at 1")
+            if "subwords" not in self.text.model_fields_set:  # pieces after the words suit a bag, not a sequence
+                self.text = self.text.model_copy(update={"subwords": "oov"})
         if self.data.data_type == "image" and self.data.task == "regression":
             raise ValueError("image data supports classification only (data.task)")
         return self

@@ -119,9 +119,9 @@ class ImageConfig(_Section):
 
 
 class TextConfig(_Section):
-    """Text preprocessing (data.data_type: text): cleaning, tokenization and the vocabulary, fitted on the train
-    split. Cleaning runs as a Hugging Face `tokenizers` normalizer, so it is saved with the tokenizer and applied
-    identically by predict and serve. Placeholders: xxurl, xxemail, xxnum."""
+    """Text preprocessing (data.data_type: text): cleaning, tokenization, the vocabulary, subword pieces and word
+    n-grams, fitted on the train split (preprocessing/text.py). The cleaning steps and vocabularies are saved in the
+    state, so predict and serve apply them identically. Placeholders: xxurl, xxemail, xxnum."""
 
     text_column: str = Field("text", description="Column holding the texts.")
     normalize: Literal["nfkc", "none"] = Field("nfkc", description="Unicode normalisation (full-width to ASCII, "
@@ -137,11 +137,39 @@ class TextConfig(_Section):
         "word", description="word: Unicode word boundaries (letters/digits runs; runs of other symbols such as "
         "emoji are tokens too); char_ngram: overlapping character n-grams within each word, for text without spaces.")
     ngram: int = Field(2, ge=1, le=6, description="char_ngram: n-gram length.")
-    min_freq: int = Field(2, ge=1, description="Tokens seen fewer times in the train split become <unk>.")
-    max_vocab: int = Field(20000, ge=1, description="Most frequent tokens kept (besides <pad> and <unk>).")
+    min_freq: int = Field(2, ge=1, description="Tokens seen fewer times in the train split become <unk> (or their "
+                          "subword pieces, see subwords); also the minimum count of a kept word n-gram.")
+    max_vocab: int = Field(20000, ge=1, description="Most frequent tokens kept (besides <pad> and <unk>); word "
+                           "n-grams and subword pieces have their own caps.")
+    subwords: Literal["all", "oov", "none"] = Field(
+        "all", description="tokenizer word: fastText-style character n-grams ('pieces') of '<word>', "
+        "subword_min..subword_max characters, their vocabulary fitted on the train split. all (fastText): after a "
+        "text's words (and word n-grams) come the known pieces of every word, so an unknown word is still "
+        "represented and related words share pieces; texts get ~10x more ids (truncation drops pieces first); for the "
+        "mean encoder. oov: a word not in the vocabulary is cut into its longest known pieces, in its place "
+        "(WordPiece-like; keeps a sequence for cnn/lstm/gru/transformer). none: unknown words are <unk>. <unk> "
+        "remains only for a word without any known piece.")
+    subword_min: int = Field(3, ge=1, le=10, description="Shortest subword piece, in characters (with < and >).")
+    subword_max: int = Field(5, ge=1, le=10, description="Longest subword piece, in characters (with < and >).")
+    subword_min_freq: int = Field(2, ge=1, description="Pieces seen fewer times in the train split are dropped. "
+                                  "all counts the pieces of every train word; oov only those of the train split's "
+                                  "own out-of-vocabulary words, so that every kept piece is trained.")
+    max_subwords: int = Field(50000, ge=0, description="Most frequent subword pieces kept.")
+    word_ngrams: int = Field(1, ge=1, le=5, description="fastText -wordNgrams: 2 adds each pair of consecutive "
+                             "tokens (n-grams up to this n) as extra tokens after the text's own, fitted on the train "
+                             "split with min_freq and max_word_ngrams. A bag-of-n-grams feature: use it with the "
+                             "mean encoder (sequence encoders would read the n-grams as more text).")
+    max_word_ngrams: int = Field(50000, ge=0, description="Most frequent word n-grams kept (their own cap, besides "
+                                 "max_vocab).")
     max_len: int | None = Field(None, ge=1, description="Tokens per text after truncation; default: the "
                                 "max_len_percentile of the train split's lengths, at most max_len_cap.")
     max_len_percentile: float = Field(95.0, gt=0, le=100)
     max_len_cap: int = Field(256, ge=1)
     max_chars: int = Field(20000, ge=1, description="Texts are cut to this many characters before cleaning, so an "
                            "enormous text costs no more than a long one.")
+
+    @model_validator(mode="after")
+    def _subword_range(self):
+        if self.subword_min > self.subword_max:
+            raise ValueError(f"text.subword_min {self.subword_min} must not exceed text.subword_max {self.subword_max}")
+        return self

@@ -7,7 +7,12 @@ in Arrow; pyarrow is already a dependency.
 
 `fit` writes the cleaning steps (regex, replacement) into the state, and TextTransform applies the steps from the
 state, so training, predict.py and the REST API turn raw text into the same token ids even if defaults change.
-Ids: 0 = <pad> (masked by the models), 1 = <unk> (rare or unseen tokens), 2... the vocabulary by frequency.
+
+Ids, all into one embedding table: 0 = <pad> (masked by the models), 1 = <unk>, then the word vocabulary by
+frequency, then the word n-grams (word_ngrams > 1), then the subword pieces (fastText-style character n-grams of
+'<word>'). A text's ids are its words in order (subwords oov: an unknown word cut into known pieces in its place),
+then its known word n-grams, then (subwords all) the known pieces of all its words, so that truncation to max_len
+drops pieces first. Pieces are made once per distinct word of a batch (Python); the rest runs on Arrow/numpy arrays.
 """
 import math
 import os
@@ -26,7 +31,8 @@ from preprocessing.validate import TableSchema, drop_null_targets, target_task
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: word n-grams and subword pieces (version-1 states still load)
+LOADABLE_VERSIONS = (1, 2)
 PLACEHOLDERS = {"urls": "xxurl", "emails": "xxemail", "numbers": "xxnum"}
 _PATTERNS = {  # RE2 syntax (Arrow's regex engine)
     "html": r"<[^<>]{0,200}>",
@@ -146,19 +152,162 @@ def _ngrams(words: pa.Array, lengths: np.ndarray, n: int) -> tuple[pa.Array, np.
     return pa.array(grams, type=pa.large_string()), counts.astype(np.int64)
 
 
-def to_ids(lists: pa.LargeListArray, vocab: pa.Array, max_len: int) -> np.ndarray:
-    """Token lists -> int64 [texts, max_len]: ids 0-padded, each text cut to max_len tokens."""
-    ids = lookup(pc.list_slice(lists, 0, max_len).flatten(), vocab)
-    lengths = np.minimum(token_counts(lists), max_len)
-    out = np.zeros((len(lists), max_len), dtype=np.int64)
-    out[np.arange(max_len) < lengths[:, None]] = ids  # row-major order of the mask = order of the flat ids
+def subword_pieces(word: str, low: int, high: int) -> list[str]:
+    """fastText's character n-grams of '<word>', low..high characters long (the marks count)."""
+    marked = f"<{word}>"
+    return [marked[i:i + n] for n in range(low, high + 1) for i in range(len(marked) - n + 1)]
+
+
+def segment(word: str, pieces: set, low: int, high: int) -> list[str]:
+    """'<word>' cut into known pieces, longest first from the left (WordPiece's greedy match); characters that start
+    no known piece are skipped."""
+    marked, out, i = f"<{word}>", [], 0
+    while i < len(marked):
+        for n in range(min(high, len(marked) - i), low - 1, -1):
+            if marked[i:i + n] in pieces:
+                out.append(marked[i:i + n])
+                i += n
+                break
+        else:
+            i += 1
     return out
 
 
-def lookup(tokens: pa.Array, vocab: pa.Array) -> np.ndarray:
-    """Token ids: 2 + position in `vocab`, UNK_ID for tokens not in it."""
+def word_ngrams(tokens: pa.Array, lengths: np.ndarray, n: int) -> tuple[pa.Array, np.ndarray]:
+    """The n-grams (2..n consecutive tokens joined by a space, which no token holds) of each text: flat, grouped by
+    text (bigrams first), and their number per text."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    grams, gram_rows, size = [], [], len(tokens)
+    for k in range(2, n + 1):
+        if size < k:
+            break
+        same = rows[:size - k + 1] == rows[k - 1:]
+        joined = pc.binary_join_element_wise(*[tokens.slice(j, size - k + 1) for j in range(k)],
+                                           pa.scalar(" ", type=pa.large_string()))
+        grams.append(joined.filter(pa.array(same)))
+        gram_rows.append(rows[:size - k + 1][same])
+    if not grams:
+        return pa.array([], type=pa.large_string()), np.zeros(len(lengths), dtype=np.int64)
+    gram_rows = np.concatenate(gram_rows)
+    order = np.argsort(gram_rows, kind="stable")
+    flat = pa.concat_arrays([g.cast(pa.large_string()) for g in grams]).take(pa.array(order, type=pa.int64()))
+    return flat, np.bincount(gram_rows, minlength=len(lengths)).astype(np.int64)
+
+
+class Vocabularies:
+    """The fitted token lists and where their ids start: words at 2, then word n-grams, then subword pieces."""
+
+    def __init__(self, words: list, ngrams: list = (), subwords: list = ()):
+        self.words = pa.array(list(words), type=pa.large_string())
+        self.ngrams = pa.array(list(ngrams), type=pa.large_string())
+        self.subwords = pa.array(list(subwords), type=pa.large_string())
+        self.ngram_start = 2 + len(self.words)
+        self.subword_start = self.ngram_start + len(self.ngrams)
+        self.size = self.subword_start + len(self.subwords)
+        self._subword_set = None
+
+    @property
+    def subword_set(self) -> set:
+        if self._subword_set is None:
+            self._subword_set = set(self.subwords.to_pylist())
+        return self._subword_set
+
+
+def encode_lists(lists: pa.LargeListArray, vocabs: Vocabularies, config: TextConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (flat int64 ids, ids per text), not padded or truncated. A text's ids: its words (oov: an
+    unknown word's pieces in its place), then its known word n-grams, then (all) the pieces of its words, so that
+    truncation drops pieces first, then n-grams, then words."""
+    flat, lengths = lists.flatten(), token_counts(lists)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    mode = config.subwords if config.tokenizer == "word" and len(vocabs.subwords) else "none"
+    if mode == "none":
+        ids, id_lengths = lookup(flat, vocabs.words), lengths
+    else:
+        ids, per_token, tail, tail_per_token = _with_pieces(flat, vocabs, config, mode)
+        id_lengths = np.bincount(rows, weights=per_token, minlength=len(lengths)).astype(np.int64)
+    if config.word_ngrams > 1 and len(vocabs.ngrams):
+        grams, per_text = word_ngrams(flat, lengths, config.word_ngrams)
+        gram_ids = lookup(grams, vocabs.ngrams, vocabs.ngram_start)
+        known = gram_ids != UNK_ID  # unseen n-grams are left out, not <unk>
+        per_text = np.bincount(np.repeat(np.arange(len(per_text)), per_text), weights=known,
+                               minlength=len(per_text)).astype(np.int64)
+        ids, id_lengths = _concat_rows(ids, id_lengths, gram_ids[known], per_text), id_lengths + per_text
+    if mode == "all":
+        tail_lengths = np.bincount(rows, weights=tail_per_token, minlength=len(lengths)).astype(np.int64)
+        ids, id_lengths = _concat_rows(ids, id_lengths, tail, tail_lengths), id_lengths + tail_lengths
+    return ids, id_lengths
+
+
+def _with_pieces(flat: pa.Array, vocabs: Vocabularies, config: TextConfig, mode: str):
+    """Each token's ids in the text and after it, flat with their numbers per token. oov: the word id, or the word
+    cut into known pieces (segment); all: the word id when known, and all its known pieces after the text.
+    <unk> for a word with neither. The pieces are made once per distinct token of the batch."""
+    encoded = pc.dictionary_encode(flat)
+    distinct, index = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
+    word_ids = lookup(distinct, vocabs.words)
+    known = word_ids != UNK_ID
+    need = np.flatnonzero(~known) if mode != "all" else np.arange(len(distinct))
+    words, low, high = distinct.take(need).to_pylist(), config.subword_min, config.subword_max
+    if mode == "oov":
+        made = [segment(w, vocabs.subword_set, low, high) for w in words]
+    else:
+        made = [subword_pieces(w, low, high) for w in words]
+    piece_ids = lookup(pa.array([p for ps in made for p in ps], type=pa.large_string()), vocabs.subwords,
+                       vocabs.subword_start)
+    found = piece_ids != UNK_ID
+    per_need = np.bincount(np.repeat(np.arange(len(need)), [len(ps) for ps in made]).astype(np.int64),
+                           weights=found, minlength=len(need)).astype(np.int64)
+    pieces = np.zeros(len(distinct), dtype=np.int64)
+    pieces[need] = per_need
+    head = (known | (pieces == 0)).astype(np.int64)  # the word id, or <unk> for a word with neither id nor pieces
+    if mode == "all":
+        inline, inline_lengths = word_ids[head == 1], head
+        after, after_lengths = piece_ids[found], pieces
+    else:
+        inline = _concat_rows(word_ids[head == 1], head, piece_ids[found], pieces)
+        inline_lengths, after, after_lengths = head + pieces, np.zeros(0, np.int64), np.zeros(len(distinct), np.int64)
+    ids, per_token = _gather(inline, np.concatenate([[0], np.cumsum(inline_lengths)]), index)
+    tail, tail_per_token = _gather(after, np.concatenate([[0], np.cumsum(after_lengths)]), index)
+    return ids, per_token, tail, tail_per_token
+
+
+def _gather(values: np.ndarray, offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `index` of the ragged array (values, offsets), flat, and their lengths."""
+    starts, lengths = offsets[index], offsets[index + 1] - offsets[index]
+    first = np.cumsum(lengths) - lengths
+    return values[np.arange(int(lengths.sum())) + np.repeat(starts - first, lengths)], lengths
+
+
+def _concat_rows(a: np.ndarray, a_lengths: np.ndarray, b: np.ndarray, b_lengths: np.ndarray) -> np.ndarray:
+    """Flat ragged rows: row i of a, then row i of b."""
+    out = np.empty(len(a) + len(b), dtype=np.int64)
+    starts = np.cumsum(a_lengths + b_lengths) - (a_lengths + b_lengths)
+    for values, lengths, shift in ((a, a_lengths, 0), (b, b_lengths, a_lengths)):
+        first = np.cumsum(lengths) - lengths
+        out[np.arange(len(values)) + np.repeat(starts + shift - first, lengths)] = values
+    return out
+
+
+def pad(ids: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Flat ids with their lengths per text -> int64 [texts, max_len]: 0-padded, each text cut to max_len ids."""
+    position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out = np.zeros((len(lengths), max_len), dtype=np.int64)
+    out[np.arange(max_len) < np.minimum(lengths, max_len)[:, None]] = ids[position < max_len]  # row-major order
+    return out
+
+
+def to_ids(lists: pa.LargeListArray, vocabs: Vocabularies, config: TextConfig, max_len: int) -> np.ndarray:
+    """Token lists -> int64 [texts, max_len], 0-padded. Unless pieces follow the text (subwords all), each word
+    gives at least one id in its place, so the words after the first max_len are dropped before the lookup."""
+    if config.subwords != "all" or config.tokenizer != "word":
+        lists = pc.list_slice(lists, 0, max_len)
+    return pad(*encode_lists(lists, vocabs, config), max_len)
+
+
+def lookup(tokens: pa.Array, vocab: pa.Array, first: int = 2) -> np.ndarray:
+    """Token ids: first + position in `vocab`, UNK_ID for tokens not in it."""
     index = pc.index_in(tokens, value_set=vocab)
-    return pc.fill_null(pc.add(index, 2), UNK_ID).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return pc.fill_null(pc.add(index, first), UNK_ID).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
 # --- validation ---------------------------------------------------------------------------------------------------
@@ -197,46 +346,82 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
 # --- fitting ------------------------------------------------------------------------------------------------------
 
 def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple[dict, np.ndarray]:
-    """Fit the vocabulary and max_len on the train texts. Returns the state TextTransform applies and the train
+    """Fit the vocabularies and max_len on the train texts. Returns the state TextTransform applies and the train
     texts already encoded (int64 [n, max_len], 0-padded), so that they are tokenized only once."""
     steps = cleaning_steps(config)
     lists = tokenize(train_texts, steps, config, map_chunks)
     tokens, lengths = lists.flatten(), token_counts(lists)
     counted = pc.value_counts(tokens)
     values, counts = counted.field("values"), counted.field("counts").to_numpy()
-    # most frequent first; ties in text order, so that a refit on the same data gives the same ids
-    by_text = np.argsort(np.asarray(values.to_pylist(), dtype=object), kind="stable")
-    rank = np.empty(len(values), dtype=np.int64)
-    rank[by_text] = np.arange(len(values))
-    order = np.lexsort((rank, -counts))
-    kept = order[counts[order] >= config.min_freq][: config.max_vocab]
+    kept = _frequent(values, counts, config.min_freq, config.max_vocab)
     vocab = values.take(pa.array(kept, type=pa.int64()))
+
+    ngrams = pa.array([], type=pa.large_string())
+    if config.word_ngrams > 1 and config.max_word_ngrams:
+        grams = pc.value_counts(word_ngrams(tokens, lengths, config.word_ngrams)[0])
+        gram_values, gram_counts = grams.field("values"), grams.field("counts").to_numpy()
+        ngrams = gram_values.take(pa.array(_frequent(gram_values, gram_counts, config.min_freq,
+                                                     config.max_word_ngrams), type=pa.int64()))
+    subwords = []
+    if config.tokenizer == "word" and config.subwords != "none" and config.max_subwords:
+        subwords = _fit_subwords(values, counts, kept, config)
+    vocabs = Vocabularies(vocab.to_pylist(), ngrams.to_pylist(), subwords)
+    ids, id_lengths = encode_lists(lists, vocabs, config)
 
     if config.max_len is not None:
         max_len = config.max_len
-    elif len(lengths):
-        max_len = int(np.clip(math.ceil(np.percentile(lengths, config.max_len_percentile)), 1, config.max_len_cap))
+    elif len(id_lengths):
+        max_len = int(np.clip(math.ceil(np.percentile(id_lengths, config.max_len_percentile)), 1, config.max_len_cap))
     else:
         max_len = 1
-    n_tokens = len(tokens)
     state = {
         "data_type": "text",
         "pipeline_version": PIPELINE_VERSION,
         "config": config.model_dump(),
         "steps": steps,
         "vocab": vocab.to_pylist(),
+        "word_ngram_vocab": ngrams.to_pylist(),
+        "subword_vocab": subwords,
         "max_len": max_len,
-        "vocab_size": len(kept) + 2,
+        "vocab_size": vocabs.size,
         "stats": {
-            "vocab_before": len(values), "vocab_after": len(kept), "train_tokens": n_tokens,
-            "train_unk_share": float(1 - counts[kept].sum() / max(1, n_tokens)) if n_tokens else 0.0,
-            "train_truncated_share": float((lengths > max_len).mean()) if len(lengths) else 0.0,
-            "train_length_p50": float(np.percentile(lengths, 50)) if len(lengths) else 0.0,
-            "train_length_max": int(lengths.max()) if len(lengths) else 0,
+            "vocab_before": len(values), "vocab_after": len(kept), "word_ngrams": len(ngrams),
+            "subwords": len(subwords), "train_tokens": len(tokens),
+            "train_unk_share": float((ids == UNK_ID).mean()) if len(ids) else 0.0,
+            "train_truncated_share": float((id_lengths > max_len).mean()) if len(id_lengths) else 0.0,
+            "train_length_p50": float(np.percentile(id_lengths, 50)) if len(id_lengths) else 0.0,
+            "train_length_max": int(id_lengths.max()) if len(id_lengths) else 0,
         },
         "target": target,
     }
-    return state, to_ids(lists, vocab, max_len)
+    return state, pad(ids, id_lengths, max_len)
+
+
+def _frequent(values: pa.Array, counts: np.ndarray, min_freq: int, limit: int) -> np.ndarray:
+    """Positions of the values kept: seen at least min_freq times, the `limit` most frequent, most frequent first;
+    ties in text order, so that a refit on the same data gives the same ids."""
+    by_text = np.argsort(np.asarray(values.to_pylist(), dtype=object), kind="stable")
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[by_text] = np.arange(len(values))
+    order = np.lexsort((rank, -counts))
+    return order[counts[order] >= min_freq][:limit]
+
+
+def _fit_subwords(words: pa.Array, counts: np.ndarray, kept: np.ndarray, config: TextConfig) -> list[str]:
+    """The subword pieces of the train words, counted with the words' frequencies: for subwords oov only the words
+    left out of the vocabulary (so that every kept piece is seen in training), for all every word."""
+    if config.subwords != "all":
+        left_out = np.ones(len(words), dtype=bool)
+        left_out[kept] = False
+        words, counts = words.filter(pa.array(left_out)), counts[left_out]
+    made = [subword_pieces(w, config.subword_min, config.subword_max) for w in words.to_pylist()]
+    if not made:
+        return []
+    totals = pd.Series(np.repeat(counts, [len(m) for m in made]), dtype=np.int64).groupby(
+        [p for m in made for p in m], sort=False).sum()
+    pieces = pa.array(totals.index.tolist(), type=pa.large_string())
+    chosen = _frequent(pieces, totals.to_numpy(), config.subword_min_freq, config.max_subwords)
+    return pieces.take(pa.array(chosen, type=pa.int64())).to_pylist()
 
 
 # --- applying -----------------------------------------------------------------------------------------------------
@@ -245,20 +430,27 @@ class TextTransform(TargetCodec):
     """Applies a fitted text state: raw texts -> int64 token ids [batch, tokens] (0-padded), outputs -> labels."""
 
     def __init__(self, state: dict):
-        if state.get("pipeline_version") != PIPELINE_VERSION:
-            raise DataError(f"this text model was prepared by text pipeline version {state.get('pipeline_version')}"
-                            f"; this torchyard applies version {PIPELINE_VERSION}")
+        version = state.get("pipeline_version")
+        if version not in LOADABLE_VERSIONS:
+            raise DataError(f"this text model was prepared by text pipeline version {version}; this torchyard "
+                            f"applies versions {', '.join(map(str, LOADABLE_VERSIONS))}: retrain the model")
+        config = state["config"]
+        if version == 1:  # before subwords and word n-grams: unknown words were <unk>
+            config = {**config, "subwords": "none", "word_ngrams": 1}
         self.state = state
-        self.config = TextConfig(**state["config"])
+        self.config = TextConfig(**config)
         self.target = state["target"]
         self.steps = state["steps"]
         self.max_len: int = state["max_len"]
         self.vocab_size: int = state["vocab_size"]
-        self.vocab = pa.array(state["vocab"], type=pa.large_string())
+        self.vocabs = Vocabularies(state["vocab"], state.get("word_ngram_vocab", []), state.get("subword_vocab", []))
+        if self.vocabs.size != self.vocab_size:
+            raise DataError(f"this text state is inconsistent: vocab_size {self.vocab_size}, but its vocabularies "
+                            f"give {self.vocabs.size} ids")
 
     def encode(self, texts, map_chunks=None) -> np.ndarray:
-        """int64 [len(texts), max_len], 0-padded; texts longer than max_len tokens are truncated."""
-        return to_ids(tokenize(texts, self.steps, self.config, map_chunks), self.vocab, self.max_len)
+        """int64 [len(texts), max_len], 0-padded; texts longer than max_len ids are truncated."""
+        return to_ids(tokenize(texts, self.steps, self.config, map_chunks), self.vocabs, self.config, self.max_len)
 
     def texts(self, frame: pd.DataFrame, name: str = "input") -> pd.Series:
         column = self.config.text_column
@@ -275,8 +467,10 @@ class TextTransform(TargetCodec):
         return trim(self.encode(self.texts(frame, name)))
 
     def describe(self) -> dict:
-        return {**self.state["config"], "max_len": self.max_len, "vocab_size": self.vocab_size,
-                **{f"vocab_{k.split('_')[1]}": v for k, v in self.state["stats"].items() if k.startswith("vocab_")}}
+        stats = self.state["stats"]
+        return {**self.config.model_dump(), "max_len": self.max_len, "vocab_size": self.vocab_size,
+                **{f"vocab_{k.split('_')[1]}": v for k, v in stats.items() if k.startswith("vocab_")},
+                **{f"vocab_{k}": stats[k] for k in ("word_ngrams", "subwords") if k in stats}}
 
 
 def trim(ids: np.ndarray) -> np.ndarray:

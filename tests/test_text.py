@@ -57,7 +57,7 @@ def test_char_ngrams_for_text_without_spaces():
 
 def test_vocabulary_is_fitted_on_train_only_with_min_freq_and_max_vocab():
     train = ["a a a b b c", "a b d"] * 2  # a:8 b:6 c:2 d:2
-    state, ids = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=3, max_len=8))
+    state, ids = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=3, max_len=8, subwords="none"))
     assert state["vocab"] == ["a", "b"] and state["vocab_size"] == 4
     assert state["stats"]["vocab_before"] == 4 and state["stats"]["vocab_after"] == 2
     assert state["stats"]["train_unk_share"] == pytest.approx(4 / 18)
@@ -65,15 +65,15 @@ def test_vocabulary_is_fitted_on_train_only_with_min_freq_and_max_vocab():
     transform = text.TextTransform(state)
     val = transform.encode(["a zebra b", "unseen words only"])
     assert val[0, :3].tolist() == [2, 1, 3] and text.unk_share(val) == pytest.approx(4 / 6)
-    limited, _ = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=1, max_vocab=3))
+    limited, _ = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=1, max_vocab=3, subwords="none"))
     assert limited["vocab"] == ["a", "b", "c"]  # ties broken by text, so refits agree
 
 
 def test_max_len_defaults_to_a_percentile_and_long_texts_are_truncated_cheaply():
     train = [" ".join(["w"] * n) for n in range(1, 101)]
-    state, ids = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=1))
+    state, ids = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=1, subwords="none"))
     assert state["max_len"] == 96 and ids.shape == (100, 96)
-    capped, _ = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=1, max_len_cap=20))
+    capped, _ = text.fit(pd.Series(train), TARGET, TextConfig(min_freq=1, max_len_cap=20, subwords="none"))
     assert capped["max_len"] == 20
     huge = "좋아요 " * 2_000_000  # 8 million characters
     started = time.perf_counter()
@@ -88,7 +88,9 @@ def test_state_round_trips_through_json_and_features_trim_padding():
     transform = text.TextTransform(json.loads(json.dumps(state)))
     assert (transform.encode(frame["text"]) == train_ids).all()
     features = transform.features(pd.DataFrame({"text": ["정말 재미있어요", None, 42]}))
-    assert features.dtype == np.int64 and features.shape == (3, 2) and (features[1] == 0).all()
+    assert features.dtype == np.int64 and (features[1] == 0).all() and (features[0] != 0).all()  # trimmed to row 0
+    words = text.TextTransform(text.fit(frame["text"], TARGET, TextConfig(subwords="none"))[0])
+    assert words.features(pd.DataFrame({"text": ["정말 재미있어요", None, 42]})).shape == (3, 2)
     with pytest.raises(DataError, match="has no text column 'text'"):
         transform.features(pd.DataFrame({"review": ["x"]}), "new.csv")
 
