@@ -25,8 +25,9 @@ from quality_data import DATASETS  # noqa: E402
 METRIC = re.compile(r"(test_\w+) (-?[\d.]+(?:e-?\d+)?)")
 
 
-def parse(output: str) -> tuple[dict, dict, str]:
-    """The network's and the baseline's test metrics from train.py's summary lines, and the baseline's name."""
+def parse(output: str) -> tuple[dict, dict, str, float | None]:
+    """The network's and the baseline's test metrics from train.py's summary lines, the baseline's name and the
+    seconds it took."""
     done = next((line for line in output.splitlines() if line.startswith("done: ")), None)
     if done is None:
         raise RuntimeError("train.py printed no 'done:' line:\n" + output[-3000:])
@@ -34,7 +35,8 @@ def parse(output: str) -> tuple[dict, dict, str]:
     line = next((line for line in output.splitlines() if line.startswith("baseline (")), "")
     baseline = {k: float(v) for k, v in METRIC.findall(line.split("):", 1)[-1])}
     name = line[len("baseline ("):].split(",")[0] if line else "-"
-    return network, baseline, name
+    seconds = re.search(r", ([\d.]+)s\):", line)
+    return network, baseline, name, float(seconds.group(1)) if seconds else None
 
 
 def run(name: str, work: Path, extra: list[str]) -> dict:
@@ -50,12 +52,14 @@ def run(name: str, work: Path, extra: list[str]) -> dict:
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    (out / "train.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: train.py exited with {done.returncode}:\n{done.stderr[-3000:]}")
-    network, baseline, baseline_name = parse(done.stdout)
+    network, baseline, baseline_name, baseline_seconds = parse(done.stdout)
     metric = "test_r2" if "test_r2" in network else "test_accuracy"
     return {"name": name, "type": data_type, "rows": rows, "metric": metric, "network": network[metric],
-            "baseline": baseline.get(metric), "baseline_name": baseline_name, "seconds": seconds}
+            "baseline": baseline.get(metric), "baseline_name": baseline_name, "seconds": seconds,
+            "baseline_seconds": baseline_seconds}
 
 
 def _rows(data_type: str, out: Path) -> int:
@@ -77,22 +81,23 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown data set(s) {unknown}; known: {', '.join(DATASETS)}")
     work = Path(args.work)
-    print("| data set | type | rows | metric | network | baseline | margin | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| data set | type | rows | metric | network | baseline | margin | train.py s | baseline s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results, failures = [], 0
     for name in names:
         try:
             r = run(name, work, args.extra)
         except RuntimeError as exc:
             failures += 1
-            print(f"| {name} | failed: {str(exc).splitlines()[0]} |||||||", flush=True)
+            print(f"| {name} | failed: {str(exc).splitlines()[0]} ||||||||", flush=True)
             print(exc, file=sys.stderr)
             continue
         results.append(r)
         margin = f"{r['network'] - r['baseline']:+.4f}" if r["baseline"] is not None else "-"
         baseline = f"{r['baseline']:.4f}" if r["baseline"] is not None else "-"
         print(f"| {r['name']} | {r['type']} | {r['rows']} | {r['metric'].removeprefix('test_')} | "
-              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} |", flush=True)
+              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} | "
+              f"{r['baseline_seconds'] if r['baseline_seconds'] is not None else '-'} |", flush=True)
     beaten = [r for r in results if r["baseline"] is not None and r["network"] >= r["baseline"]]
     print(f"\nthe network matches or beats the baseline on {len(beaten)} of {len(results)} data sets; baselines: "
           + "; ".join(sorted({f"{r['type']} {r['baseline_name']}" for r in results})))

