@@ -31,3 +31,19 @@ def test_network_file_round_trip(tmp_path):
     loaded, saved = load_network(tmp_path / "n.pt")
     x = torch.randn(3, 5)
     assert torch.equal(loaded(x), model(x)) and saved["input_size"] == 5
+
+
+@pytest.mark.parametrize("image_size, blocks", [(16, 2), (32, 3), (64, 4), (128, 5), (224, 5)])
+def test_default_cnn_depth_follows_the_image_size(image_size, blocks):
+    config = ModelConfig().resolved("image", image_size)
+    assert config.type == "cnn" and config.n_layers == blocks
+    net = build_model(config, 3, 10)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == blocks
+    assert net(torch.zeros(2, 3, image_size, image_size)).shape == (2, 10)
+
+
+def test_default_depths_for_tables_and_texts_and_an_explicit_one_wins():
+    assert ModelConfig().resolved("tabular").n_layers == 3
+    assert ModelConfig().resolved("text").n_layers == 1
+    assert ModelConfig(n_layers=4).resolved("image", 224).n_layers == 4
