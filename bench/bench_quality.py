@@ -56,10 +56,12 @@ def run(name: str, work: Path, extra: list[str]) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{name}: train.py exited with {done.returncode}:\n{done.stderr[-3000:]}")
     network, baseline, baseline_name, baseline_seconds = parse(done.stdout)
+    trained = re.search(r"trained (\d+) epoch\(s\) on \S+ in ([\d.]+)s", done.stdout + done.stderr)
     metric = "test_r2" if "test_r2" in network else "test_accuracy"
     return {"name": name, "type": data_type, "rows": rows, "metric": metric, "network": network[metric],
             "baseline": baseline.get(metric), "baseline_name": baseline_name, "seconds": seconds,
-            "baseline_seconds": baseline_seconds}
+            "baseline_seconds": baseline_seconds, "epochs": int(trained.group(1)) if trained else None,
+            "train_seconds": float(trained.group(2)) if trained else None}
 
 
 def _rows(data_type: str, out: Path) -> int:
@@ -81,22 +83,23 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown data set(s) {unknown}; known: {', '.join(DATASETS)}")
     work = Path(args.work)
-    print("| data set | type | rows | metric | network | baseline | margin | train.py s | baseline s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| data set | type | rows | metric | network | baseline | margin | train.py s | epochs | training s | "
+          "baseline s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     results, failures = [], 0
     for name in names:
         try:
             r = run(name, work, args.extra)
         except RuntimeError as exc:
             failures += 1
-            print(f"| {name} | failed: {str(exc).splitlines()[0]} ||||||||", flush=True)
+            print(f"| {name} | failed: {str(exc).splitlines()[0]} ||||||||||", flush=True)
             print(exc, file=sys.stderr)
             continue
         results.append(r)
         margin = f"{r['network'] - r['baseline']:+.4f}" if r["baseline"] is not None else "-"
         baseline = f"{r['baseline']:.4f}" if r["baseline"] is not None else "-"
         print(f"| {r['name']} | {r['type']} | {r['rows']} | {r['metric'].removeprefix('test_')} | "
-              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} | "
+              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} | {r['epochs']} | {r['train_seconds']} | "
               f"{r['baseline_seconds'] if r['baseline_seconds'] is not None else '-'} |", flush=True)
     beaten = [r for r in results if r["baseline"] is not None and r["network"] >= r["baseline"]]
     print(f"\nthe network matches or beats the baseline on {len(beaten)} of {len(results)} data sets; baselines: "
