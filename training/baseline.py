@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-IMAGE_SIDE = 16  # logistic regression on 16x16 pixels (per channel): on 5,000 MNIST digits 0.91, as at 14x14, and
-# 0.88 at 32x32, where it also took 10x longer
+IMAGE_SIDE = 16  # logistic regression on 16x16 pixels per channel: on 5,000 MNIST digits (bench_quality) 0.880,
+# against 0.884 on 32x32 grey, in 2 s instead of 30 s
 
 
 class BaselineConfig(BaseModel):
