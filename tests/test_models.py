@@ -47,3 +47,7 @@ def test_default_depths_for_tables_and_texts_and_an_explicit_one_wins():
     assert ModelConfig().resolved("tabular").n_layers == 3
     assert ModelConfig().resolved("text").n_layers == 1
     assert ModelConfig(n_layers=4).resolved("image", 224).n_layers == 4
+    # BatchNorm: off for the MLP by default (noisy with the small batches of small tables), on for CNNs
+    assert not ModelConfig().resolved("tabular").batch_norm and ModelConfig().resolved("image").batch_norm
+    assert ModelConfig(batch_norm=True).resolved("tabular").batch_norm
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in build_model(ModelConfig(type="mlp"), 4, 2).modules())
