@@ -99,8 +99,9 @@ def main() -> int:
         margin = f"{r['network'] - r['baseline']:+.4f}" if r["baseline"] is not None else "-"
         baseline = f"{r['baseline']:.4f}" if r["baseline"] is not None else "-"
         print(f"| {r['name']} | {r['type']} | {r['rows']} | {r['metric'].removeprefix('test_')} | "
-              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} | {r['epochs']} | {r['train_seconds']} | "
-              f"{r['baseline_seconds'] if r['baseline_seconds'] is not None else '-'} |", flush=True)
+              f"{r['network']:.4f} | {baseline} | {margin} | {r['seconds']:.0f} | {r['epochs']} | "
+              f"{r['train_seconds']} | {r['baseline_seconds'] if r['baseline_seconds'] is not None else '-'} |",
+              flush=True)
     beaten = [r for r in results if r["baseline"] is not None and r["network"] >= r["baseline"]]
     print(f"\nthe network matches or beats the baseline on {len(beaten)} of {len(results)} data sets; baselines: "
           + "; ".join(sorted({f"{r['type']} {r['baseline_name']}" for r in results})))

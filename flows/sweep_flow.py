@@ -91,7 +91,8 @@ def apply(base: RunConfig, overrides: dict) -> tuple[ModelConfig, TrainerConfig]
         if leaf not in node:
             raise ValueError(f"sweep parameter '{name}': there is no config field '{leaf}'")
         node[leaf] = value
-    return ModelConfig(**sections["model"]).resolved(base.data.data_type, base.image.image_size), TrainerConfig(**sections["train"])
+    model = ModelConfig(**sections["model"]).resolved(base.data.data_type, base.image.image_size)
+    return model, TrainerConfig(**sections["train"])
 
 
 @task(name="trial", cache_policy=NO_CACHE)

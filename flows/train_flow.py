@@ -71,8 +71,7 @@ def train_flow(
 ) -> dict:
     config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model,
                        train=train, export=export, promote=promote, parallel=parallel, baseline=baseline,
-                       experiment=experiment,
-                       seed=seed, model_fn=model_fn)
+                       experiment=experiment, seed=seed, model_fn=model_fn)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
     tracking.check_reachable()  # before any data is read
@@ -114,7 +113,8 @@ def train_flow(
             if config.export.register_model:
                 version = register_task(exported, config.model_name, metrics, run_id, snapshot.fingerprint,
                                         config.config_hash())
-                promotion = promote_task(prepared, metrics, primary_metric, config.promote.min_improvement, config.model_name, version, run_id)
+                promotion = promote_task(prepared, metrics, primary_metric, config.promote.min_improvement,
+                                         config.model_name, version, run_id)
         except BaseException as exc:
             logger.error(f"train-flow failed: {tracking.record_failure(run_id, exc)}")
             raise

@@ -22,9 +22,9 @@ class ModelConfig(BaseModel):
     type: Literal["auto", "mlp", "cnn", "text"] = Field("auto", description="auto: mlp for tables, cnn for images, "
                                                        "text for texts.")
     n_layers: int | None = Field(None, ge=1, description="mlp: Linear layers in all (n_layers-1 hidden blocks, then "
-                                 "the output layer; default 3); cnn: convolution blocks (default from image.image_size: "
-                                 "log2(size/4) between 2 and 5, so 3 at 32 px, 5 from 91 px); text: the encoder's "
-                                 "depth (see encoder; default TEXT_LAYERS).")
+                                 "the output layer; default 3); cnn: convolution blocks (default from "
+                                 "image.image_size: log2(size/4) between 2 and 5, so 3 at 32 px, 5 from 91 px); "
+                                 "text: the encoder's depth (see encoder; default 1).")
     hidden_size: int = Field(64, ge=1, description="mlp: hidden width; cnn: width of the hidden fully connected layer.")
     activation: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"] = "relu"
     batch_norm: bool | None = Field(None, description="BatchNorm after each hidden layer; default: on for cnn and "

@@ -97,9 +97,9 @@ class ImageConfig(_Section):
     channels: Literal[1, 3] = Field(3, description="1: grayscale, 3: RGB. Other modes are converted (alpha "
                                     "composited onto white, 16-bit scaled to 8-bit).")
     augment: list[dict] | None = Field(None, description="Train-time albumentations transforms; default: "
-                                       "RandomCrop to image_size (a shift of up to 1/8 of the side) and nothing that changes orientation, "
-                                       "so digits, letters and signs keep their meaning; add HorizontalFlip where "
-                                       "mirror images mean the same class.")
+                                       "RandomCrop to image_size (a shift of up to 1/8 of the side) and nothing "
+                                       "that changes orientation, so digits, letters and signs keep their meaning; "
+                                       "add HorizontalFlip where mirror images mean the same class.")
     mean: list[float] | None = Field(None, description="Per-channel normalisation mean (0..1 scale); default: "
                                      "computed on the train split.")
     std: list[float] | None = None

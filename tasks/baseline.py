@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -64,8 +65,6 @@ def fit_baseline(validated: Validated, splits: Splits, prepared: Prepared, confi
         result, test_targets = _image(prepared, target, config, seed)
     else:
         result, test_targets = _tabular(prepared, target, config, seed)
-    import torch
-
     served = torch.from_numpy(np.asarray(result.served, dtype=np.float32))
     truth = torch.from_numpy(np.array(test_targets))
     if target["task"] == "regression":

@@ -60,9 +60,11 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     compared = baseline_comparison(metrics, baseline, primary_metric, run_id, logger)
     url = mlflow_run_url(run_id)
     if baseline:
-        rows = "\n".join(f"| {k} | {v:.4f} | {baseline['metrics'][f'baseline_{k}']:.4f} | {compared[f'margin_{k}']:+.4f} |"
+        theirs = baseline["metrics"]
+        rows = "\n".join(f"| {k} | {v:.4f} | {theirs[f'baseline_{k}']:.4f} | {compared[f'margin_{k}']:+.4f} |"
                          for k, v in metrics.items())
-        table = f"| metric | network | baseline | margin |\n|---|---|---|---|\n{rows}\n\nBaseline: {baseline['model']}."
+        table = (f"| metric | network | baseline | margin |\n|---|---|---|---|\n{rows}\n\n"
+                 f"Baseline: {baseline['model']}.")
     else:
         rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
         table = f"| metric | value |\n|---|---|\n{rows}"
