@@ -26,7 +26,7 @@ def _tabular(prepared: Prepared, target: dict, config: core.BaselineConfig, seed
         arrays = np.load(prepared.arrays)
     rows = core.subsample(len(arrays["train_targets"]), config.max_train_rows, seed)
     result = core.tabular(np.asarray(arrays["train_features"][rows]), np.asarray(arrays["train_targets"][rows]),
-                          np.asarray(arrays["test_features"]), target, seed)
+                          arrays["test_features"], target, seed)
     return result, np.asarray(arrays["test_targets"])
 
 

@@ -31,6 +31,13 @@ def input_size(transform) -> int:
     return transform.n_features
 
 
+def split_rows(prepared: Prepared, split: str) -> int:
+    """Rows in a split, read from its targets alone (a memory map's header for a streamed table)."""
+    if Path(prepared.arrays).is_dir():
+        return len(np.load(Path(prepared.arrays) / f"{split}_targets.npy", mmap_mode="r"))
+    return len(np.load(prepared.arrays)[f"{split}_targets"])
+
+
 def batch_source(prepared: Prepared, transform, split: str, batch_size: int, workers: int = 0):
     if Path(prepared.arrays).is_dir():  # a streamed table: read from disk in blocks
         folder = Path(prepared.arrays)

@@ -18,7 +18,7 @@ from serving.bundle import ModelFileError
 from serving.registry import resolve
 from tasks import registry
 from tasks import tracking
-from tasks.inputs import batch_source, input_size, load_transform
+from tasks.inputs import batch_source, input_size, load_transform, split_rows
 from tasks.steps import Prepared, Trained
 from training import ddp, lr_finder
 from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint
@@ -151,7 +151,7 @@ def find_lr(prepared: Prepared, transform, model_config: ModelConfig, config: Tr
 def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
                    device: torch.device, run_id: str, work: Path, logger) -> TrainerConfig:
     """The trainer config with the automatic choices made: batch size from the train split's size, lr auto."""
-    n_train = len(batch_source(prepared, transform, "train", 1))
+    n_train = split_rows(prepared, "train")
     if n_train < 2:
         raise DataError(f"the train split holds {n_train} row(s); training needs at least 2 (BatchNorm): add rows "
                         "or give split.train a larger share")
