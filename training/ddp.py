@@ -102,6 +102,9 @@ def run(job: dict) -> list[dict]:
                          model.module)
             (out / "history.json").write_text(json.dumps({"history": history, "world_size": world,
                                                           "backend": dist.get_backend(), "fit_seconds": seconds}))
+        # Every rank waits here until rank 0 has written its outputs: tearing gloo down while a peer is still
+        # working aborted a rank with "terminate called without an active exception" (seen once in CI).
+        dist.barrier()
         return history
     finally:
         dist.destroy_process_group()
