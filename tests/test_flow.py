@@ -1,5 +1,7 @@
 """train-flow in process against a temporary Prefect API and a per-session MLflow store."""
+import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,19 @@ def mlflow_run(client, state):
     return runs[0]
 
 
+RUN_NAMES = Path(__file__).parent / "data" / "wine_run_names.json"
+
+
+def assert_names_unchanged(params: dict, metrics: dict) -> None:
+    """The wine run logs the same param and metric names as the checked-in list: renaming or dropping one breaks
+    users' MLflow comparisons and queries. A deliberate change rewrites the list (write `names` to RUN_NAMES)."""
+    names = {"params": sorted(params), "metrics": sorted(metrics)}
+    expected = json.loads(RUN_NAMES.read_text())
+    for kind in ("params", "metrics"):
+        missing, new = set(expected[kind]) - set(names[kind]), set(names[kind]) - set(expected[kind])
+        assert not missing and not new, f"{kind}: missing {sorted(missing)}, new {sorted(new)}"
+
+
 def test_classification_run_is_recorded_registered_and_predictable(fast_train, mlflow_client, tmp_path, wine_frame):
     model_fn = tmp_path / "wine.pth"
     name = f"wine-{uuid.uuid4().hex[:6]}"
@@ -48,6 +63,8 @@ def test_classification_run_is_recorded_registered_and_predictable(fast_train, m
     assert len(mlflow_client.get_metric_history(run.info.run_id, "val_loss")) == fast_train.n_epochs
     assert tags["data_fingerprint"] and tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert run.inputs.dataset_inputs[0].dataset.name == "wine"
+
+    assert_names_unchanged(params, metrics)
 
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "evaluate")}
     artifacts |= {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "preprocess")}
