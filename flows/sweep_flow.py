@@ -29,14 +29,14 @@ from flows.config import RunConfig  # noqa: E402
 from flows.train_flow import prepare, work_root  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
+from preprocessing.steps import Prepared  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
 from tasks.parallel import ParallelConfig  # noqa: E402
-from tasks.steps import Prepared  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
 from training.config import TrainerConfig  # noqa: E402
-from training.evaluation import lower_is_better  # noqa: E402
+from training.metrics import lower_is_better  # noqa: E402
 
 MAX_WORKERS = 16  # the task runner's ceiling; sweep.max_concurrency is the setting
 

@@ -60,7 +60,12 @@ class ModelConfig(BaseModel):
     def resolved(self, data_type: str | None = None, image_size: int | None = None) -> "ModelConfig":
         """This config with the defaults that depend on the data made: type 'auto' replaced by the model type for
         the data type, n_layers by the type's default (the CNN's from the image size)."""
-        kind = self.type if self.type != "auto" else {"image": "cnn", "text": "text"}.get(data_type, "mlp")
+        if self.type != "auto":
+            kind = self.type
+        else:  # the data type's model (preprocessing/kinds/ holds the one rule)
+            from preprocessing import kinds
+
+            kind = kinds.get(data_type or "tabular").model_type
         update = {"type": kind}
         if self.n_layers is None:
             update["n_layers"] = default_layers(kind, image_size)

@@ -114,12 +114,20 @@ def up(port: int) -> dict:
         server = start_server(env, port, STATE / "server.log")
         (STATE / "server.pid").write_text(str(server.pid))
         print(f"Prefect server started on http://127.0.0.1:{port} (log: {STATE / 'server.log'})")
+    record_server(env)
     deploy(env)
     if not _pid_alive(STATE / "worker.pid"):
         worker = start_worker(env, STATE / "worker.log")
         (STATE / "worker.pid").write_text(str(worker.pid))
         print(f"worker started on pool '{POOL}' (log: {STATE / 'worker.log'})")
     return env
+
+
+def record_server(env: dict) -> None:
+    """Where the stack's API is and whose Prefect home it serves: train.py runs its flows there instead of starting
+    a temporary server (flows/prefect_server.py) while the stack is up."""
+    (STATE / "server.url").write_text(env["PREFECT_API_URL"])
+    (STATE / "server.home").write_text(env["PREFECT_HOME"])
 
 
 def _pid_alive(pid_file: Path) -> bool:
@@ -133,6 +141,8 @@ def down() -> None:
             stop(int(pid_file.read_text()))
             pid_file.unlink()
             print(f"stopped the {name}")
+    for recorded in ("server.url", "server.home"):
+        (STATE / recorded).unlink(missing_ok=True)
 
 
 def demo(port: int, deployment: str) -> int:

@@ -60,20 +60,7 @@ def load(reference: str, registry: Registry | None = None) -> Loaded:
     """The model at `reference`; registry references need `registry` (python -m serving passes MLflow's)."""
     bundle, ref = resolve(reference, registry)
     predictor = Predictor(bundle)
-    return Loaded(predictor, ref, input_schema(predictor))
-
-
-def input_schema(predictor: Predictor) -> dict:
-    state = predictor.transform.state
-    if predictor.data_type == "tabular":
-        columns = [{"name": c["name"], "type": "number"} for c in state["numeric"]]
-        columns += [{"name": c["name"], "type": "category", "categories": c["categories"]}
-                    for c in state["categorical"]]
-        return {"kind": "rows", "columns": columns}
-    if predictor.data_type == "text":
-        return {"kind": "texts", "text_column": state["config"]["text_column"], "max_len": state["max_len"]}
-    config = state["config"]
-    return {"kind": "images", "channels": config["channels"], "image_size": config["image_size"]}
+    return Loaded(predictor, ref, predictor.kind.input_schema(predictor.transform))
 
 
 # ---------------------------------------------------------------- request and response models
@@ -149,7 +136,7 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
     state = _State(settings, loaded, registry)
     app = FastAPI(title="torchyard model server", version="1",
                   description=f"Serves {loaded.ref.uri} ({loaded.predictor.data_type}, "
-                              f"{loaded.predictor.bundle['task']}).")
+                              f"{loaded.predictor.bundle.task}).")
     app.state.serving = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _error_handlers(app)
@@ -163,42 +150,51 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
     def model() -> dict:
         current = state.current
         return {**current.ref.to_dict(), "data_type": current.predictor.data_type,
-                "task": current.predictor.bundle["task"], "classes": current.predictor.classes,
+                "task": current.predictor.bundle.task, "classes": current.predictor.classes,
                 "input_schema": current.schema, "limits": settings.model_dump(exclude={"model"})}
 
     @app.post("/reload")
     def reload() -> dict:
         return state.reload()
 
-    data_type = loaded.predictor.data_type
-    if data_type == "tabular":
-        request_model = rows_request(loaded.schema)
-
-        @app.post("/predict", response_model=PredictResponse)
-        def predict_rows(body: request_model) -> dict:
-            current = state.current
-            _check_batch(len(body.rows), settings)
-            frame = pd.DataFrame([row.model_dump(by_alias=True) for row in body.rows],
-                                 columns=[c["name"] for c in current.schema["columns"]])
-            return _respond(current, current.predictor.predict(frame, "the request"))
-    elif data_type == "text":
-        @app.post("/predict", response_model=PredictResponse)
-        def predict_texts(body: TextRequest) -> dict:
-            current = state.current
-            _check_batch(len(body.texts), settings)
-            frame = pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
-            return _respond(current, current.predictor.predict(frame, "the request"))
-    else:
-        @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
-        async def predict_images(request: Request) -> dict:
-            current = state.current
-            names, files = await _read_images(request, settings)
-            table = await run_in_threadpool(current.predictor.predict_images, files, names=names)
-            return _respond(current, table.drop(columns="path"))
-
+    ROUTES[loaded.schema["kind"]](app, state, settings, loaded.schema)
     if settings.reload_interval > 0:
         _start_polling(state, settings.reload_interval)
     return app
+
+
+def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
+    request_model = rows_request(schema)
+
+    @app.post("/predict", response_model=PredictResponse)
+    def predict_rows(body: request_model) -> dict:
+        current = state.current
+        _check_batch(len(body.rows), settings)
+        frame = pd.DataFrame([row.model_dump(by_alias=True) for row in body.rows],
+                             columns=[c["name"] for c in current.schema["columns"]])
+        return _respond(current, current.predictor.predict(frame, "the request"))
+
+
+def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
+    @app.post("/predict", response_model=PredictResponse)
+    def predict_texts(body: TextRequest) -> dict:
+        current = state.current
+        _check_batch(len(body.texts), settings)
+        frame = pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
+        return _respond(current, current.predictor.predict(frame, "the request"))
+
+
+def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
+    async def predict_images(request: Request) -> dict:
+        current = state.current
+        names, files = await _read_images(request, settings)
+        table = await run_in_threadpool(current.predictor.predict_images, files, names=names)
+        return _respond(current, table.drop(columns="path"))
+
+
+# /predict by what a request holds (a kind's input_schema()["kind"]): rows, texts or images
+ROUTES = {"rows": _rows_route, "texts": _texts_route, "images": _images_route}
 
 
 def _check_batch(size: int, settings: ServeSettings) -> None:

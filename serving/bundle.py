@@ -6,6 +6,7 @@ bytes, the config and the metrics. `x.onnx` is written beside it for tools such 
 one predict uses, so a single file can be moved around.
 """
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -19,11 +20,32 @@ class ModelFileError(TorchyardError):
     """The model file is missing or is not a torchyard model."""
 
 
+@dataclass
+class ModelBundle:
+    """What a model file holds: everything Predictor, serving and model.pretrained need."""
+
+    onnx: bytes  # the exported network, preprocessing applied outside it
+    data_type: str  # tabular | image | text: which kind (preprocessing/kinds/) reads its inputs
+    task: str  # classification | regression
+    preprocessing: dict  # the fitted preprocessing state (with the target and its label map)
+    metrics: dict = field(default_factory=dict)  # test metrics at export
+    run: dict = field(default_factory=dict)  # where it was trained: run_id, experiment, config, ...
+    network: dict | None = None  # model_config, input_size, output_size, state_dict: for model.pretrained
+    format: str = FORMAT
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelBundle":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def save_bundle(path: str | Path, *, onnx_bytes: bytes, **contents) -> Path:
+    """Write ModelBundle(onnx=onnx_bytes, **contents) as a model file, and the .onnx beside it."""
+    bundle = ModelBundle(onnx=onnx_bytes, **contents)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_tensor = torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8)
-    torch.save({"format": FORMAT, "onnx": onnx_tensor, **contents}, path)
+    saved = {**asdict(bundle), "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8)}
+    torch.save(saved, path)
     path.with_suffix(".onnx").write_bytes(onnx_bytes)
     return path
 
@@ -35,7 +57,7 @@ def onnx_metadata(data_type: str, task: str, preprocessing: dict, metrics: dict,
             "torchyard.run": json.dumps({k: v for k, v in run.items() if k != "config"})}
 
 
-def load_model_file(path: str | Path) -> dict:
+def load_model_file(path: str | Path) -> ModelBundle:
     """A model file (.pth) or an exported .onnx (with torchyard metadata) as the bundle Predictor takes."""
     path = Path(path)
     if path.suffix.lower() != ".onnx":
@@ -52,12 +74,12 @@ def load_model_file(path: str | Path) -> dict:
     if meta.get("torchyard.format") != FORMAT:
         raise ModelFileError(f"{path} has no torchyard preprocessing metadata; serve the .pth model file written "
                              "beside it, or an .onnx exported by torchyard")
-    return {"format": FORMAT, "onnx": path.read_bytes(), "data_type": meta["torchyard.data_type"],
-            "task": meta["torchyard.task"], "preprocessing": json.loads(meta["torchyard.preprocessing"]),
-            "metrics": json.loads(meta["torchyard.metrics"]), "run": json.loads(meta["torchyard.run"])}
+    return ModelBundle(onnx=path.read_bytes(), data_type=meta["torchyard.data_type"], task=meta["torchyard.task"],
+                       preprocessing=json.loads(meta["torchyard.preprocessing"]),
+                       metrics=json.loads(meta["torchyard.metrics"]), run=json.loads(meta["torchyard.run"]))
 
 
-def load_bundle(path: str | Path) -> dict:
+def load_bundle(path: str | Path) -> ModelBundle:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -69,4 +91,4 @@ def load_bundle(path: str | Path) -> dict:
         raise ModelFileError(f"{path} is not a torchyard model file (expected format {FORMAT}); "
                              "train one with train.py --model_fn")
     bundle["onnx"] = bundle["onnx"].numpy().tobytes()
-    return bundle
+    return ModelBundle.from_dict(bundle)

@@ -9,20 +9,18 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from preprocessing.transforms import transform_for
-from serving.bundle import load_bundle
-
-TEXT_BATCH = 1024
-
+from preprocessing import kinds
+from serving.bundle import ModelBundle, load_bundle
 
 class Predictor:
-    def __init__(self, bundle: dict):
+    def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
-        self.data_type = bundle.get("data_type", "tabular")
-        self.transform = transform_for(bundle["preprocessing"])
+        self.data_type = bundle.data_type
+        self.transform = kinds.transform_for(bundle.preprocessing)
+        self.kind = kinds.of(self.transform)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(bundle["onnx"], options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(bundle.onnx, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
@@ -42,11 +40,10 @@ class Predictor:
         classification, `proba_<class>` per class. The target column, if present, is ignored."""
         if len(frame) == 0:
             return pd.DataFrame({"prediction": []})
-        if self.data_type == "text":  # batches bound the memory of [rows, tokens, width] activations
-            outputs = [self.outputs(self.transform.features(frame.iloc[i:i + TEXT_BATCH], name))
-                       for i in range(0, len(frame), TEXT_BATCH)]
-            return self._table(np.concatenate(outputs), frame.index)
-        return self._table(self.outputs(self.transform.features(frame, name)), frame.index)
+        step = self.kind.predict_rows or len(frame)  # texts: batches bound [rows, tokens, width] activations
+        outputs = [self.outputs(self.transform.features(frame.iloc[i:i + step], name))
+                   for i in range(0, len(frame), step)]
+        return self._table(np.concatenate(outputs), frame.index)
 
     def predict_images(self, paths: list, batch_size: int = 256, names: list[str] | None = None) -> pd.DataFrame:
         """Images (file paths, or their bytes with `names`): one row per file, in the given order: `path`,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from serving.bundle import ModelFileError, load_model_file
+from serving.bundle import ModelBundle, ModelFileError, load_model_file
 
 DEFAULT_ALIAS = "champion"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
@@ -32,7 +32,7 @@ class ModelRef:
 
 
 class Registry(Protocol):
-    def fetch(self, name: str, version: str | None, alias: str | None) -> tuple[dict, ModelRef]: ...
+    def fetch(self, name: str, version: str | None, alias: str | None) -> tuple[ModelBundle, ModelRef]: ...
     def version(self, name: str, version: str | None, alias: str | None) -> str: ...
 
 
@@ -54,15 +54,14 @@ def parse(uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["version"], match["alias"]
 
 
-def resolve(reference: str, registry: Registry | None = None) -> tuple[dict, ModelRef]:
+def resolve(reference: str, registry: Registry | None = None) -> tuple[ModelBundle, ModelRef]:
     """The model bundle (what serving.inference.Predictor takes) and where it came from. ModelFileError when the
     reference does not lead to a torchyard model."""
     uri = registry_uri(reference)
     if uri is None:
         bundle = load_model_file(reference)
-        run = bundle.get("run") or {}
         return bundle, ModelRef(reference, str(Path(reference).resolve()), Path(reference).stem,
-                                run_id=run.get("run_id"), metrics=bundle.get("metrics") or {})
+                                run_id=bundle.run.get("run_id"), metrics=bundle.metrics)
     bundle, ref = _registry(uri, registry).fetch(*parse(uri))
     ref.reference = reference
     return bundle, ref

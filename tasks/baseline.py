@@ -1,70 +1,26 @@
 """baseline: a scikit-learn model on the same split as the network (training/baseline.py), logged to the run as
 baseline_test_<metric>. A baseline that cannot be fitted is logged and skipped; it never fails the run."""
-import json
 import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from preprocessing import kinds
+from preprocessing.steps import Prepared, Splits, Validated
 from tasks import tracking
 from tasks.inputs import load_transform
-from tasks.steps import Prepared, Splits, Validated
 from training import baseline as core
 from training import evaluation
-
-
-def _tabular(prepared: Prepared, target: dict, config: core.BaselineConfig, seed: int):
-    if Path(prepared.arrays).is_dir():  # a streamed table: a seeded sample of the training rows, read from disk
-        folder = Path(prepared.arrays)
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r")
-                  for name in ("train_features", "train_targets", "test_features", "test_targets")}
-    else:
-        arrays = np.load(prepared.arrays)
-    rows = core.subsample(len(arrays["train_targets"]), config.max_train_rows, seed)
-    result = core.tabular(np.asarray(arrays["train_features"][rows]), np.asarray(arrays["train_targets"][rows]),
-                          arrays["test_features"], target, seed)
-    return result, np.asarray(arrays["test_targets"])
-
-
-def _text(validated: Validated, splits: Splits, prepared: Prepared, target: dict, config: core.BaselineConfig,
-          seed: int):
-    transform = load_transform(prepared)
-    column = transform.config.text_column
-    frame = pd.read_parquet(validated.path, columns=[column])
-    positions = np.load(splits.path)
-    arrays = np.load(prepared.arrays)
-    rows = core.subsample(len(positions["train"]), config.max_train_rows, seed)
-    texts = {name: transform.texts(frame.iloc[positions[name]]).fillna("").tolist() for name in ("train", "test")}
-    result = core.text([texts["train"][i] for i in rows], arrays["train_targets"][rows], texts["test"], target, seed)
-    return result, arrays["test_targets"]
-
-
-def _image(prepared: Prepared, target: dict, config: core.BaselineConfig, seed: int):
-    arrays = np.load(prepared.arrays)
-    if len(arrays["train_rows"]) > config.max_image_rows:
-        raise core.BaselineSkipped(f"{len(arrays['train_rows'])} training images is more than "
-                                   f"baseline.max_image_rows ({config.max_image_rows})")
-    transform = load_transform(prepared)
-    cache = np.load(prepared.cache, mmap_mode="r")
-    crops = {name: transform.eval_crop(cache[np.asarray(arrays[f"{name}_rows"])]) for name in ("train", "test")}
-    result = core.image(crops["train"], arrays["train_targets"], crops["test"], target, seed)
-    return result, arrays["test_targets"]
 
 
 def fit_baseline(validated: Validated, splits: Splits, prepared: Prepared, config: core.BaselineConfig,
                  seed: int) -> tuple[core.Baseline, dict]:
     """The data type's baseline fitted on the train split and its test metrics (original scale)."""
-    target = json.loads(Path(prepared.state_path).read_text())["target"]
-    if validated.data_type == "text":
-        result, test_targets = _text(validated, splits, prepared, target, config, seed)
-    elif validated.data_type == "image":
-        result, test_targets = _image(prepared, target, config, seed)
-    else:
-        result, test_targets = _tabular(prepared, target, config, seed)
+    transform = load_transform(prepared)
+    result, test_targets = kinds.of(transform).fit_baseline(validated, splits, prepared, transform, config, seed)
+    target = transform.target
     served = torch.from_numpy(np.asarray(result.served, dtype=np.float32))
     truth = torch.from_numpy(np.array(test_targets))
     if target["task"] == "regression":

@@ -1,5 +1,6 @@
-"""collect: read the source (for images: find the files, unpacking archives), write a Parquet snapshot and its
-fingerprint, log the dataset to MLflow."""
+"""collect: read the source through its data type's kind (tables: the rows, streamed in record batches when larger
+than memory; images: the files found, archives unpacked), write a Parquet snapshot and its fingerprint, log the
+dataset to MLflow."""
 import json
 import warnings
 from pathlib import Path
@@ -12,19 +13,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from preprocessing import image
+from preprocessing import kinds
 from preprocessing.config import DataConfig, ImageConfig
 from preprocessing.errors import DataError
-from preprocessing.sources import (
-    SAMPLE_PREFIX,
-    TransientReadError,
-    dataset_name,
-    fingerprint,
-    read_table,
-)
-from preprocessing.streaming import ParquetStream, copy_with_fingerprint
+from preprocessing.kinds.base import Settings
+from preprocessing.sources import SAMPLE_PREFIX, TransientReadError, dataset_name
+from preprocessing.steps import Snapshot
 from tasks import tracking
-from tasks.steps import Snapshot
 
 SCHEMA_SAMPLE_ROWS = 1000
 
@@ -61,48 +56,21 @@ def _dataset_entity(head: pd.DataFrame, n_rows: int, config: DataConfig, digest:
     return Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
 
 
-def _read(config: DataConfig, image_config: ImageConfig, work_dir: Path) -> tuple[pd.DataFrame, str, str]:
-    """The table (or, for images, the listing of files and labels), its fingerprint, and a one-line summary."""
-    if config.data_type == "image":
-        location = image.materialise(config.source, Path(work_dir))
-        listing = image.list_images(location, image_config, config.target_column())
-        return (listing, image.fingerprint_files(listing, location, config.target_column()),
-                f"found {len(listing)} image files in {location}")
-    frame = read_table(config.source, config.format, encoding_errors=config.encoding_errors)
-    summary = f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source}"
-    if frame.attrs.get("replaced_characters"):
-        summary += (f"; {frame.attrs['replaced_characters']} invalid UTF-8 byte sequence(s) replaced by U+FFFD "
-                    "(data.encoding_errors: replace)")
-    return frame, fingerprint(frame), summary
-
-
-def _stream(config: DataConfig, path: Path) -> tuple[pd.DataFrame, int, str, str]:
-    """A Parquet table copied to the snapshot in record batches, never whole: its first rows, row count,
-    fingerprint and summary."""
-    stream = ParquetStream(config.source, config.memory_budget_mb)
-    digest, head = copy_with_fingerprint(stream, path)
-    return head, stream.n_rows, digest, (
-        f"streamed {stream.n_rows} rows x {len(stream.columns)} columns from {config.source} in record batches of "
-        f"{stream.batch_rows} rows (data.memory_budget_mb {config.memory_budget_mb})")
-
-
 @task(name="collect", cache_policy=NO_CACHE, retry_condition_fn=_transient)
 def collect(config: DataConfig, image_config: ImageConfig, run_id: str, work_dir: Path) -> Snapshot:
     logger = get_run_logger()
     path = Path(work_dir) / "snapshot.parquet"
-    if config.memory_budget_mb:
-        frame, n_rows, digest, summary = _stream(config, path)
-    else:
-        try:
-            frame, digest, summary = _read(config, image_config, work_dir)
-        except TransientReadError as exc:
-            attempts = task_run.run_count
-            if attempts > config.read_retries:
-                raise DataError(f"{exc} (tried {attempts} times)") from exc
-            logger.warning(f"{exc}; retrying ({attempts}/{config.read_retries})")
-            raise
+    try:
+        collected = kinds.get(config.data_type).collect(Settings(config, image=image_config), Path(work_dir), path)
+    except TransientReadError as exc:
+        attempts = task_run.run_count
+        if attempts > config.read_retries:
+            raise DataError(f"{exc} (tried {attempts} times)") from exc
+        logger.warning(f"{exc}; retrying ({attempts}/{config.read_retries})")
+        raise
+    frame, n_rows, digest, summary = collected.frame, collected.n_rows, collected.fingerprint, collected.summary
+    if not collected.written:
         frame.to_parquet(path, index=False)
-        n_rows = len(frame)
     (logger.warning if frame.attrs.get("replaced_characters") else logger.info)(f"{summary} (fingerprint {digest})")
 
     client = tracking.configure()

@@ -8,9 +8,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from models import load_network
+from preprocessing.steps import Prepared, Trained
 from tasks import tracking
 from tasks.inputs import batch_source, load_transform, served_outputs
-from tasks.steps import Prepared, Trained
 from training import evaluation
 from training.baseline import margins
 from training.objectives import ServingModel, make_objective

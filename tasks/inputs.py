@@ -1,56 +1,47 @@
-"""What the train, evaluate and export tasks share: the fitted transform of a run, its batch sources and model
-inputs, whatever the data type."""
+"""What the tasks share: logging what a kind reports for a step, and the fitted transform of a run and, through its data
+type's kind (preprocessing/kinds/), the batch sources and model inputs of a split."""
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from preprocessing.image import ImageTransform
-from preprocessing.image_loader import ImageData
-from preprocessing.streaming import STREAM_MANIFEST
-from preprocessing.tabular import TabularTransform
-from preprocessing.text import TextTransform
-from preprocessing.transforms import transform_for
-from tasks.steps import Prepared
-from training.data import StreamedData, TensorData, TokenData
+from preprocessing import kinds
+from preprocessing.kinds.base import Record
+from preprocessing.steps import Prepared
+from tasks import tracking
 
 PARITY_ROWS = 512
 
 
-def load_transform(prepared: Prepared) -> TabularTransform | ImageTransform | TextTransform:
-    return transform_for(json.loads(Path(prepared.state_path).read_text()))
+def record(run_id: str, step: str, what: Record, logger) -> None:
+    """Log what a kind reported for a step: params under the step's prefix, metrics, artifacts, info lines."""
+    for line in what.lines:
+        logger.info(line)
+    if what.params:
+        tracking.log_params(run_id, step, what.params)
+    if what.metrics:
+        tracking.log_metrics(run_id, what.metrics)
+    for path in what.artifacts:
+        tracking.configure().log_artifact(run_id, str(path), step)
+
+
+def load_transform(prepared: Prepared):
+    return kinds.transform_for(json.loads(Path(prepared.state_path).read_text()))
 
 
 def input_size(transform) -> int:
     """What build_model takes as input_size: feature count (MLP), image channels (CNN) or vocabulary size."""
-    if isinstance(transform, ImageTransform):
-        return transform.config.channels
-    if isinstance(transform, TextTransform):
-        return transform.vocab_size
-    return transform.n_features
+    return kinds.of(transform).input_size(transform)
 
 
-def split_rows(prepared: Prepared, split: str) -> int:
-    """Rows in a split, read from its targets alone (a memory map's header for a streamed table)."""
-    if Path(prepared.arrays).is_dir():
-        return len(np.load(Path(prepared.arrays) / f"{split}_targets.npy", mmap_mode="r"))
-    return len(np.load(prepared.arrays)[f"{split}_targets"])
+def split_rows(prepared: Prepared, transform, split: str) -> int:
+    """Rows in a split, read from its targets alone."""
+    return kinds.of(transform).split_rows(prepared, split)
 
 
 def batch_source(prepared: Prepared, transform, split: str, batch_size: int, workers: int = 0):
-    if Path(prepared.arrays).is_dir():  # a streamed table: read from disk in blocks
-        folder = Path(prepared.arrays)
-        manifest = json.loads((folder / STREAM_MANIFEST).read_text())
-        return StreamedData(folder / f"{split}_features.npy", folder / f"{split}_targets.npy", batch_size,
-                            manifest["block_rows"], manifest["buffer_rows"])
-    arrays = np.load(prepared.arrays)
-    targets = arrays[f"{split}_targets"]
-    if isinstance(transform, ImageTransform):
-        return ImageData(prepared.cache, arrays[f"{split}_rows"], targets, transform, batch_size, workers)
-    if isinstance(transform, TextTransform):
-        return TokenData(torch.from_numpy(arrays[f"{split}_ids"]), torch.from_numpy(targets), batch_size)
-    return TensorData(torch.from_numpy(arrays[f"{split}_features"]), torch.from_numpy(targets), batch_size)
+    return kinds.of(transform).batch_source(prepared, transform, split, batch_size, workers)
 
 
 def model_inputs(prepared: Prepared, transform, split: str, limit: int = PARITY_ROWS) -> np.ndarray:

@@ -5,24 +5,21 @@ is scored on the same new test split through the same Predictor that serves it. 
 configured metric improves by more than 0 and by at least `min_improvement`; moving an alias is one registry
 update, so the registry always has a champion, whatever fails when. The first model of a name becomes champion.
 """
-import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
-import torch
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from preprocessing import kinds
 from preprocessing.errors import TorchyardError
+from preprocessing.steps import Prepared
 from serving.inference import Predictor
 from serving.registry import resolve
 from tasks import registry
 from tasks import tracking
 from tasks.inputs import load_transform
-from tasks.steps import Prepared
-from training import evaluation
-from training.evaluation import lower_is_better
+from training import promotion
 
 CHAMPION = "champion"
 SCORE_BATCH_ROWS = 65536
@@ -51,39 +48,13 @@ def score_on(prepared: Prepared, reference: str, metric: str) -> float:
     bundle, _ = resolve(reference, registry)
     predictor = Predictor(bundle)
     target = load_transform(prepared).target
-    served, truth = [], []
-    for batch in pq.ParquetFile(prepared.test_frame).iter_batches(batch_size=SCORE_BATCH_ROWS):
-        outputs, labels = _served(predictor, batch.to_pandas(), target)
-        served.append(outputs)
-        truth.append(labels)
-    return evaluation.test_metrics(target["task"], torch.cat(served), torch.cat(truth))[metric]
+    kind = kinds.of(predictor.transform)
 
+    def predict(frame):
+        return kind.predict_frame(predictor, frame, "the new test split")
 
-def _served(predictor: Predictor, frame: pd.DataFrame, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the served model answers for these test rows (values, or probabilities per class), and the truth."""
-    if predictor.data_type == "image":
-        table = predictor.predict_images(frame["path"].tolist())
-    else:
-        table = predictor.predict(frame, "the new test split")
-    if target["task"] == "regression":
-        served = torch.tensor(np.asarray(table["prediction"], dtype=np.float64)).reshape(-1, 1)
-        return served, torch.tensor(frame[target["name"]].to_numpy(dtype=np.float64))
-    classes = target["classes"]
-    columns = [table[f"proba_{c}"].to_numpy() if f"proba_{c}" in table else np.zeros(len(table)) for c in classes]
-    served = torch.from_numpy(np.stack(columns, axis=1)).float()
-    index = {c: i for i, c in enumerate(classes)}
-    return served, torch.tensor([index[v.item() if hasattr(v, "item") else v] for v in frame[target["name"]]])
-
-
-def decide(challenger: float, champion: float | None, metric: str, min_improvement: float) -> tuple[bool, str]:
-    if champion is None or not np.isfinite(champion):
-        return True, "the champion could not be scored on the new test split"
-    improvement = champion - challenger if lower_is_better(metric) else challenger - champion
-    if improvement > 0 and improvement >= min_improvement:
-        return True, f"{metric} improved by {improvement:.4g} (at least {min_improvement:g} required)"
-    better = "lower" if lower_is_better(metric) else "higher"
-    return False, (f"{metric} changed by {improvement:+.4g} (better is {better}); "
-                   f"promotion needs an improvement above 0 and of at least {min_improvement:g}")
+    frames = (batch.to_pandas() for batch in pq.ParquetFile(prepared.test_frame).iter_batches(SCORE_BATCH_ROWS))
+    return promotion.score(predict, frames, target["name"], target["task"], target["classes"], metric)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
@@ -106,7 +77,7 @@ def promote(prepared: Prepared, metrics: dict, metric: str, min_improvement: flo
             champion_score = score_on(prepared, f"models:/{name}/{champion.version}", metric)
         except TorchyardError as exc:
             logger.warning(f"champion version {champion.version} cannot score the new data: {exc}")
-        promoted, reason = decide(challenger, champion_score, metric, min_improvement)
+        promoted, reason = promotion.decide(challenger, champion_score, metric, min_improvement)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)  # one atomic move: never without a champion
     decision = "promoted" if promoted else "not promoted"

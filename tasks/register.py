@@ -3,8 +3,8 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from preprocessing.steps import Exported
 from tasks import tracking
-from tasks.steps import Exported
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -6,12 +6,12 @@ import tempfile
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from serving.bundle import ModelFileError, load_model_file
+from serving.bundle import ModelBundle, ModelFileError, load_model_file
 from serving.registry import ModelRef
 from tasks import tracking
 
 
-def fetch(name: str, version: str | None, alias: str | None) -> tuple[dict, ModelRef]:
+def fetch(name: str, version: str | None, alias: str | None) -> tuple[ModelBundle, ModelRef]:
     found, uri = _model_version(name, version, alias), _uri(name, version, alias)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar in flow and server logs
     try:
@@ -21,8 +21,8 @@ def fetch(name: str, version: str | None, alias: str | None) -> tuple[dict, Mode
         raise ModelFileError(f"{uri} (version {found.version}) has no torchyard model file in run "
                              f"{found.run_id}: {exc}") from exc
     bundle = load_model_file(path)
-    metrics = {k: float(v) for k, v in found.tags.items() if k.startswith(("test_", "val_"))} or bundle.get("metrics")
-    return bundle, ModelRef(uri, uri, found.name, str(found.version), alias, found.run_id, metrics or {})
+    metrics = {k: float(v) for k, v in found.tags.items() if k.startswith(("test_", "val_"))} or bundle.metrics
+    return bundle, ModelRef(uri, uri, found.name, str(found.version), alias, found.run_id, metrics)
 
 
 def version(name: str, version: str | None, alias: str | None) -> str:

@@ -8,9 +8,9 @@ from prefect.cache_policies import NO_CACHE
 
 from preprocessing.config import SplitConfig
 from preprocessing.split import split_indices
+from preprocessing.steps import Splits, Validated
 from preprocessing.streaming import ParquetStream, target_rows
 from tasks import tracking
-from tasks.steps import Splits, Validated
 
 
 @task(name="split", cache_policy=NO_CACHE)

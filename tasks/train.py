@@ -10,22 +10,21 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models import build_model, save_network, transfer
+from models import save_network
 from models.config import ModelConfig
+from preprocessing import kinds
 from preprocessing.errors import DataError
-from preprocessing.image import ImageTransform
+from preprocessing.steps import Prepared, Trained
 from serving.bundle import ModelFileError
 from serving.registry import resolve
 from tasks import registry
 from tasks import tracking
 from tasks.inputs import batch_source, input_size, load_transform, split_rows
-from tasks.steps import Prepared, Trained
-from training import ddp, lr_finder
-from training.callbacks import Callback, EarlyStopping, EpochSummary, ModelCheckpoint
+from training import ddp, fit, lr_finder
+from training.callbacks import Callback
 from training.config import DEFAULT_LR, TrainerConfig
 from training.device import apply_limits, select_device
-from training.objectives import make_objective
-from training.optim import make_trainer
+from training.optim import cpu_threads_for
 from training.trainer import Trainer
 
 
@@ -58,46 +57,38 @@ def pretrained_network(reference: str) -> dict:
         bundle, _ = resolve(reference, registry)
     except ModelFileError as exc:
         raise DataError(f"model.pretrained {reference} could not be loaded: {exc}") from exc
-    if "network" not in bundle:
+    if bundle.network is None:
         raise DataError(f"model.pretrained {reference} holds no network weights; give the .pth model file")
-    return bundle["network"]
-
-
-def build_network(model_config: ModelConfig, transform, output_size: int, logger=None):
-    """The configured network, or a pretrained one with a new head. Returns it and the config it was built from."""
-    if not model_config.pretrained:
-        return build_model(model_config, input_size(transform), output_size), model_config
-    saved = pretrained_network(model_config.pretrained)
-    if saved["input_size"] != input_size(transform):
-        raise DataError(f"model.pretrained {model_config.pretrained} takes {saved['input_size']} input "
-                        f"channel(s)/feature(s) but this data has {input_size(transform)}")
-    network, config = transfer(saved, output_size, model_config.freeze_features)
-    if logger:
-        logger.info(f"starting from {model_config.pretrained} ({config.type}, new head for {output_size} outputs"
-                    + (", feature layers frozen)" if model_config.freeze_features else ")"))
-    return network, config
+    return bundle.network
 
 
 def build_trainer(transform, model_config: ModelConfig, config: TrainerConfig, seed: int, device: torch.device,
                   callbacks: list[Callback], logger=None) -> tuple[Trainer, ModelConfig]:
-    """The network, optimizer and scheduler for this run, wired into a Trainer."""
-    torch.manual_seed(seed)
-    objective = make_objective(transform.target["task"], len(transform.target["classes"]))
-    network, built_from = build_network(model_config, transform, objective.output_size, logger)
-    if device.type == "cuda" and built_from.type == "cnn":
-        network = network.to(memory_format=torch.channels_last)
-    return make_trainer(network, objective, config, seed, device, callbacks), built_from
+    """training.fit.build_trainer for this run's prepared data; model.pretrained is fetched here (a path or a
+    registry URI) and checked against the data's input size."""
+    pretrained = None
+    if model_config.pretrained:
+        pretrained = pretrained_network(model_config.pretrained)
+        if pretrained["input_size"] != input_size(transform):
+            raise DataError(f"model.pretrained {model_config.pretrained} takes {pretrained['input_size']} input "
+                            f"channel(s)/feature(s) but this data has {input_size(transform)}")
+    target = transform.target
+    trainer, built_from = fit.build_trainer(model_config, config, task=target["task"], n_classes=len(target["classes"]),
+                                            input_size=input_size(transform), seed=seed, device=device,
+                                            callbacks=callbacks, pretrained=pretrained)
+    if pretrained is not None and logger:
+        logger.info(f"starting from {model_config.pretrained} ({built_from.type}, new head for "
+                    f"{trainer.objective.output_size} outputs"
+                    + (", feature layers frozen)" if model_config.freeze_features else ")"))
+    return trainer, built_from
 
 
 def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
                       device: torch.device, run_id: str, checkpoint_dir: Path, logger) -> tuple[list[dict], Path]:
     """Run training/ddp.py under torchrun; rank 0's history is logged to MLflow here, after the fact."""
-    if isinstance(transform, ImageTransform) or model_config.pretrained:
-        raise DataError("train.distributed is offered for tables and texts trained from scratch; images and "
-                        "model.pretrained train in one process")
-    if Path(prepared.arrays).is_dir():
-        raise DataError("train.distributed needs the table in memory; a table streamed with data.memory_budget_mb "
-                        "trains in one process")
+    refusal = kinds.of(transform).distributed_refusal(prepared, bool(model_config.pretrained))
+    if refusal:
+        raise DataError(refusal)
     dist = config.distributed
     out = Path(checkpoint_dir)
     target = transform.target
@@ -151,7 +142,7 @@ def find_lr(prepared: Prepared, transform, model_config: ModelConfig, config: Tr
 def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
                    device: torch.device, run_id: str, work: Path, logger) -> TrainerConfig:
     """The trainer config with the automatic choices made: batch size from the train split's size, lr auto."""
-    n_train = split_rows(prepared, "train")
+    n_train = split_rows(prepared, transform, "train")
     if n_train < 2:
         raise DataError(f"the train split holds {n_train} row(s); training needs at least 2 (BatchNorm): add rows "
                         "or give split.train a larger share")
@@ -190,19 +181,23 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
         tracking.log_metrics(run_id, {"train_seconds": time.perf_counter() - started, "epochs_run": len(history)})
         processes = config.distributed.nproc_per_node * config.distributed.nnodes
         return Trained(path, len(history), f"{device} x {processes} processes")
-    stopping = config.early_stopping
     mlflow_logger = MlflowEpochLogger(run_id)
-    callbacks = [mlflow_logger, EpochSummary(logger.info), ModelCheckpoint(checkpoint_dir, logger.info)]
-    if stopping.enabled:
-        callbacks.insert(0, EarlyStopping(stopping.monitor, stopping.mode, stopping.patience, stopping.min_delta,
-                                          stopping.restore_best))
+    callbacks = fit.callbacks_for(config, checkpoint_dir, logger.info, extra=[mlflow_logger])
     trainer, built_from = build_trainer(transform, model_config, config, seed, device, callbacks, logger)
     tracking.log_params(run_id, "model", built_from.model_dump())
 
-    workers = transform.config.workers if isinstance(transform, ImageTransform) else 0
+    previous_threads = torch.get_num_threads()
+    if device.type == "cpu" and config.cpu_threads is None:  # a given train.cpu_threads was applied above
+        threads = cpu_threads_for(trainer.model, config.batch_size, previous_threads)
+        torch.set_num_threads(threads)
+        tracking.log_params(run_id, "train", {"cpu_threads_chosen": threads})
+    workers = kinds.of(transform).loader_workers(transform)
     started = time.perf_counter()
-    history = trainer.fit(batch_source(prepared, transform, "train", config.batch_size, workers),
-                          batch_source(prepared, transform, "val", config.batch_size))
+    try:
+        history = trainer.fit(batch_source(prepared, transform, "train", config.batch_size, workers),
+                              batch_source(prepared, transform, "val", config.batch_size))
+    finally:
+        torch.set_num_threads(previous_threads)  # in-process callers (sweeps, tests) keep their own setting
     seconds = time.perf_counter() - started
     tracking.log_metrics(run_id, {"train_seconds": seconds, "epochs_run": len(history),
                                   "mlflow_logging_seconds": mlflow_logger.seconds})

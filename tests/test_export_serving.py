@@ -45,12 +45,16 @@ def test_parity_failure_is_an_export_error():
 
 def test_bundle_loads_without_unpickling_code(tmp_path):
     path = save_bundle(tmp_path / "m.pth", onnx_bytes=b"\x08\x01onnx", preprocessing={"a": [1, 2.5, "x"]},
-                       network={"state_dict": {"w": torch.ones(2)}})
+                       data_type="tabular", task="classification", network={"state_dict": {"w": torch.ones(2)}})
     assert path.with_suffix(".onnx").read_bytes() == b"\x08\x01onnx"
     raw = torch.load(path, weights_only=True)  # would raise if anything but plain data had been saved
     assert raw["format"] == "torchyard.model/1"
     bundle = load_bundle(path)
-    assert bundle["onnx"] == b"\x08\x01onnx" and bundle["preprocessing"] == {"a": [1, 2.5, "x"]}
+    assert bundle.onnx == b"\x08\x01onnx" and bundle.preprocessing == {"a": [1, 2.5, "x"]}
+    assert bundle.task == "classification" and torch.equal(bundle.network["state_dict"]["w"], torch.ones(2))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'label_map'"):  # the contract is typed
+        save_bundle(tmp_path / "x.pth", onnx_bytes=b"", preprocessing={}, data_type="tabular", task="regression",
+                    label_map={})
 
 
 def test_bundle_errors(tmp_path):

@@ -60,11 +60,11 @@ def test_digits_sample_trains_exports_and_predicts(tmp_path, mlflow_client):
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "preprocess")}
     assert "preprocess/augmentation.json" in artifacts
     bundle = load_bundle(model_fn)
-    assert bundle["data_type"] == "image" and bundle["preprocessing"]["target"]["classes"] == [str(d) for d in range(10)]
+    assert bundle.data_type == "image" and bundle.preprocessing["target"]["classes"] == [str(d) for d in range(10)]
 
     import onnx
 
-    graph = onnx.load_from_string(bundle["onnx"]).graph
+    graph = onnx.load_from_string(bundle.onnx).graph
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert graph.input[0].name == "images" and dims[1:] == [1, 16, 16] and isinstance(dims[0], str)
 
@@ -116,7 +116,7 @@ def test_transfer_learning_from_a_model_file_and_the_registry(tmp_path, mlflow_c
                        model=ModelConfig(pretrained=str(base_fn), freeze_features=True),
                        export=ExportConfig(register_model=False))
     assert state.is_completed(), state.message
-    base, new = load_bundle(base_fn)["network"], load_bundle(tmp_path / "new.pth")["network"]
+    base, new = load_bundle(base_fn).network, load_bundle(tmp_path / "new.pth").network
     assert new["output_size"] == 1 and base["output_size"] == 3  # binary head replaces the 3-class one
     for key, value in base["state_dict"].items():
         if key.startswith("features.") and "num_batches" not in key and "running" not in key:

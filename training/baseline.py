@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.metrics import improvement
+
 PREDICT_ROWS = 65536
 IMAGE_SIDE = 16  # logistic regression on 16x16 pixels per channel: on 5,000 MNIST digits (bench_quality) 0.880,
 # against 0.884 on 32x32 grey, in 2 s instead of 30 s
@@ -118,11 +120,9 @@ def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.n
 def margins(metrics: dict, baseline_metrics: dict) -> dict:
     """margin_<metric>: how much better the network is than the baseline on each test metric (positive = better;
     for errors such as test_mse, the baseline's value minus the network's)."""
-    from training.evaluation import lower_is_better
-
     out = {}
     for name, value in metrics.items():
         theirs = baseline_metrics.get(f"baseline_{name}")
         if theirs is not None:
-            out[f"margin_{name}"] = theirs - value if lower_is_better(name) else value - theirs
+            out[f"margin_{name}"] = improvement(value, theirs, name)
     return out

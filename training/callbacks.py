@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-_MAXIMISED = ("accuracy", "f1", "auroc", "r2")
-
+from training.metrics import resolve_mode
 
 class Callback:
     state_key: str | None = None
@@ -19,12 +18,6 @@ class Callback:
     def on_fit_start(self, trainer) -> None: ...
     def on_epoch_end(self, trainer, metrics: dict) -> None: ...
     def on_fit_end(self, trainer) -> None: ...
-
-
-def resolve_mode(monitor: str, mode: str) -> str:
-    if mode != "auto":
-        return mode
-    return "max" if any(word in monitor for word in _MAXIMISED) else "min"
 
 
 class EarlyStopping(Callback):

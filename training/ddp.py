@@ -22,13 +22,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from models import build_model, save_network
+from models import save_network
 from models.config import ModelConfig
-from training.callbacks import EarlyStopping, EpochSummary, ModelCheckpoint
+from training import fit
 from training.config import DistributedConfig, TrainerConfig
 from training.data import ShardedTensorData, TensorData, TokenData
-from training.objectives import make_objective
-from training.optim import make_trainer
 from training.trainer import Trainer
 
 
@@ -80,26 +78,24 @@ def run(job: dict) -> list[dict]:
         val_class = TokenData if token_ids else TensorData
         val = val_class(torch.from_numpy(arrays[f"val_{kind}"]), torch.from_numpy(arrays["val_targets"]),
                         config.batch_size)
-        objective = make_objective(job["task"], job["n_classes"])
-        torch.manual_seed(job["seed"])
-        network = build_model(ModelConfig(**job["model"]), job["input_size"], objective.output_size).to(device)
-        model = DistributedDataParallel(network, device_ids=[local_rank] if cuda else None)
-        stopping = config.early_stopping
-        callbacks = [ModelCheckpoint(job["checkpoint_dir"], write=rank == 0)]
-        if stopping.enabled:
-            callbacks.insert(0, EarlyStopping(stopping.monitor, stopping.mode, stopping.patience, stopping.min_delta,
-                                              stopping.restore_best))
-        if rank == 0:
-            callbacks.append(EpochSummary(lambda line: print(line, flush=True)))
-        trainer = make_trainer(model, objective, config, job["seed"], device, callbacks, DistributedTrainer)
+        log = (lambda line: print(line, flush=True)) if rank == 0 else None
+        callbacks = fit.callbacks_for(config, job["checkpoint_dir"], log, write_checkpoints=rank == 0)
+
+        def wrap(network):
+            return DistributedDataParallel(network, device_ids=[local_rank] if cuda else None)
+
+        trainer, _ = fit.build_trainer(ModelConfig(**job["model"]), config, task=job["task"],
+                                       n_classes=job["n_classes"], input_size=job["input_size"], seed=job["seed"],
+                                       device=device, callbacks=callbacks, wrap=wrap,
+                                       trainer_class=DistributedTrainer)
         trainer.progress_bar = False
         started = time.perf_counter()
         history = trainer.fit(train, val)
         seconds = time.perf_counter() - started
         if rank == 0:
             out = Path(job["out_dir"])
-            save_network(out / "network.pt", ModelConfig(**job["model"]), job["input_size"], objective.output_size,
-                         model.module)
+            save_network(out / "network.pt", ModelConfig(**job["model"]), job["input_size"],
+                         trainer.objective.output_size, trainer.model.module)
             (out / "history.json").write_text(json.dumps({"history": history, "world_size": world,
                                                           "backend": dist.get_backend(), "fit_seconds": seconds}))
         # Every rank waits here until rank 0 has written its outputs: tearing gloo down while a peer is still

@@ -29,11 +29,6 @@ def test_metrics(task: str, served: torch.Tensor, targets: torch.Tensor) -> dict
             "test_f1": C.multiclass_f1_score(served, targets, num_classes=n_classes, average="macro").item()}
 
 
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric name: losses and errors go down, accuracy, F1, AUROC and R^2 go up."""
-    return metric.endswith(("_loss", "_mse", "_mae"))
-
-
 def confusion_matrix(served: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     n_classes = served.shape[1]
     return C.multiclass_confusion_matrix(served, targets, num_classes=n_classes).numpy()

@@ -1,4 +1,5 @@
-"""Records the steps hand to each other: small, JSON-friendly, holding paths to the data on disk."""
+"""Records the steps hand to each other: small, JSON-friendly, holding paths to the data on disk. Plain data in
+the core, so the data-type modules (preprocessing/kinds/) and the tasks share one typed contract."""
 from dataclasses import dataclass
 from pathlib import Path
 
