@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 
 DECODE_CHUNK = 512  # files per task when decoding runs on Dask
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's limit (~89 MP, 268 MB as RGB); the bound of one decode
 
 
 class AugmentationError(TorchyardError):
@@ -147,9 +148,14 @@ def load_image(source: str | Path | bytes, channels: int, size: int) -> np.ndarr
         if handle.stat().st_size == 0:
             raise ValueError("empty file (0 bytes)")
     try:
-        with Image.open(handle) as image:
+        with Image.open(handle) as image:  # reads the header only
+            if image.width * image.height > MAX_PIXELS:  # checked before decoding: a small file can declare GBs
+                raise ValueError(f"declares {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} "
+                                 "decoded per file (PIL.Image.MAX_IMAGE_PIXELS)")
             image.load()  # the whole decode: a truncated file fails here, not later
             pixels = _to_channels(image, channels)
+    except Image.DecompressionBombError as exc:  # Pillow's own refusal, raised while opening
+        raise ValueError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise ValueError("not an image file PIL can read") from None
     except (OSError, SyntaxError) as exc:

@@ -169,3 +169,28 @@ def test_cnn_shapes_and_transfer():
     assert all(torch.equal(a, b) for a, b in zip(new.features.state_dict().values(), net.features.state_dict().values()))
     assert not any(p.requires_grad for p in new.features.parameters())
     assert all(p.requires_grad for p in new.head.parameters())
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height pixels (its data is 2 bytes: it never decodes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"\x78\x9c") + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side, reason", [(10_000, "declares 10000x10000 pixels"),  # Pillow only warns here
+                                          (100_000, "decompression bomb")])
+def test_a_huge_declared_size_is_refused_before_decoding(tmp_path, side, reason):
+    """A 60-byte file that declares 100 MP or 10 GP: refused by its header (an unreadable file, listed and skipped
+    in training, a DataError in predict.py), not decoded into a 300 MB-30 GB buffer first."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header(side, side))
+    with pytest.raises(ValueError, match=reason):
+        image.load_image(path, 3, 8)
+    with pytest.raises(ValueError, match=reason):  # bytes as the REST API passes them
+        image.load_image(path.read_bytes(), 3, 8)
