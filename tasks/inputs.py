@@ -1,5 +1,5 @@
-"""What the tasks share: logging what a kind reports for a step, and the fitted transform of a run and, through its data
-type's kind (preprocessing/kinds/), the batch sources and model inputs of a split."""
+"""What the tasks share: logging what a kind reports for a step; the fitted transform of a run and, through its
+data type's kind (preprocessing/kinds/), the batch sources and model inputs of a split."""
 import json
 from pathlib import Path
 

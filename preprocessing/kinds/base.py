@@ -93,7 +93,8 @@ class Kind:
     def describe_inputs(self, schema: TableSchema, settings: Settings) -> str:
         return f"rows, {len(schema.numeric)} numeric and {len(schema.categorical)} categorical feature(s)"
 
-    def prepare(self, validated: Validated, splits: Splits, settings: Settings, work: Path, mapper=nullcontext) -> Fitted:
+    def prepare(self, validated: Validated, splits: Splits, settings: Settings, work: Path,
+                mapper=nullcontext) -> Fitted:
         """Fit the transform on the train split, apply it to every split. Here: the validated rows in memory, split
         into parts for fit_parts; the raw test rows are written for promotion."""
         schema = TableSchema.from_dict(validated.schema)
