@@ -66,6 +66,7 @@ def local_stack_url(env=os.environ, state: Path = STACK_STATE) -> str | None:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on (the OS's pick, released at once)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -1,16 +1,10 @@
 """export: ONNX with a dynamic batch axis, checked against torch with ONNX Runtime on real test rows, logged as an
 MLflow model with signature and input example, and written as the self-contained model file.
 
-Exporter: tables and images go through torch's TorchScript exporter (`dynamo=False`), texts through the
-torch.export-based one (serving/export.py). Measured on this project's networks (bench/bench_startup.py's notes):
-the MLP 0.05-0.1 s against 1.8-2.9 s, the CNN 0.3 s against 5 s, same outputs (parity within 1e-7). The TorchScript
-exporter is deprecated, and it bakes the token count into a transformer encoder's reshapes (the dynamic token axis
-then fails at another length), so texts keep the new one; should a torch release drop the old exporter, or should it
-fail on a network, the new one is used instead. ONNX Runtime checks either export on the test rows.
+Exporter: serving.export.export_fast, the fast TorchScript one where the data type's kind allows it (tables,
+images), torch.export otherwise (texts); the reasons and timings are there.
 """
 import importlib.metadata
-import io
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from preprocessing import kinds
 from preprocessing.steps import Exported, Prepared, Trained
 from serving.bundle import onnx_metadata, save_bundle
-from serving.export import INPUT_NAMES, export_onnx, parity, with_metadata
+from serving.export import INPUT_NAMES, export_fast, parity, with_metadata
 from tasks import tracking
 from tasks.evaluate import serving_model
 from tasks.inputs import model_inputs
@@ -86,23 +80,5 @@ def pip_requirements() -> list[str]:
 
 def export_model(model: torch.nn.Module, example: torch.Tensor, output_name: str, data_type: str) -> tuple[bytes, str]:
     """ONNX bytes of `model`, whose input `INPUT_NAMES[data_type]` has a dynamic batch axis, and the exporter that
-    wrote them (see the module's docstring for which and why)."""
-    input_name = INPUT_NAMES[data_type]
-    if kinds.get(data_type).torchscript_export:
-        try:
-            return _torchscript_export(model, example, output_name, input_name), "TorchScript"
-        except Exception:  # noqa: BLE001 - gone from torch, or a network it cannot trace: the new exporter decides
-            pass
-    return export_onnx(model, example, output_name, input_name), "torch.export"
-
-
-def _torchscript_export(model: torch.nn.Module, example: torch.Tensor, output_name: str, input_name: str) -> bytes:
-    model = model.eval().cpu()
-    example = example[: max(2, min(len(example), 8))].cpu().float()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice
-        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=[input_name],
-                          output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
-    return buffer.getvalue()
+    wrote them (the data type's kind says whether the fast TorchScript exporter applies)."""
+    return export_fast(model, example, output_name, INPUT_NAMES[data_type], kinds.get(data_type).torchscript_export)

@@ -1,11 +1,12 @@
 """Shared fixtures. Every test session gets its own MLflow store, Prefect database and work folder, so tests never
 touch the repo's mlflow/ or .torchyard/ and can run in parallel with a demo."""
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from flows.prefect_server import free_port  # noqa: F401 - the tests' loopback ports
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="torchyard-tests-"))
 _SESSION_URI = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
@@ -17,13 +18,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (the OS's pick, released at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
