@@ -36,6 +36,7 @@ FLAGS = {
     "model_type": ("model", "type"),
     "n_layers": ("model", "n_layers"), "hidden_size": ("model", "hidden_size"),
     "activation": ("model", "activation"), "dropout": ("model", "dropout"),
+    "numeric_embedding": ("model", "numeric_embedding"),
     "n_epochs": ("train", "n_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"), "gpu_id": ("train", "gpu_id"), "cpu_threads": ("train", "cpu_threads"),
     "gpu_memory_fraction": ("train", "gpu_memory_fraction"),
@@ -107,16 +108,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu_memory_fraction", type=float, help="cap this process's share of the GPU memory (0-1]")
     p.add_argument("--batch_size", type=int, help="default: from the train split's size (rows/32 as a power of two, "
                    "16 to 256)")
-    p.add_argument("--n_epochs", type=int, help="a cap (default 100): early stopping ends training before it")
+    p.add_argument("--n_epochs", type=int, help="a cap (default 100, 200 for regression): early stopping ends "
+                   "training before it")
     p.add_argument("--n_layers", type=int, help="linear layers in all (hidden blocks + output)")
     p.add_argument("--hidden_size", type=int)
     p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu", "leaky_relu"])
     p.add_argument("--dropout", type=float)
+    p.add_argument("--numeric_embedding", choices=["auto", "none", "periodic"], help="MLP: periodic (PLR) "
+                   "embeddings of numeric columns; auto (default): periodic for regressions of 1,000+ training rows")
     p.add_argument("--lr", type=_rate, help="learning rate, or 'auto' for a learning-rate range test (default 1e-3)")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--scheduler", help="none, LambdaLR, StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, "
-                                       "ReduceLROnPlateau")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--scheduler", help="auto (default: ReduceLROnPlateau for classification, 5-epoch warm-up + "
+                   "cosine LambdaLR for regression), none, LambdaLR, StepLR, MultiStepLR, ExponentialLR, "
+                   "CosineAnnealingLR, ReduceLROnPlateau")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10, 30 for regression)")
     p.add_argument("--scaler", choices=["standard", "minmax", "robust", "none"])
     p.add_argument("--missing", choices=["impute", "drop_rows", "drop_columns"])
     p.add_argument("--model_name", help="registered model name")

@@ -14,7 +14,10 @@ def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Mo
         config = config.resolved()  # n_layers' default for the type
     if config.type == "mlp":
         return MLP(input_size, output_size, n_layers=config.n_layers, hidden_size=config.hidden_size,
-                   activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout)
+                   activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout,
+                   numeric_embedding=config.numeric_embedding.replace("auto", "none"), n_numeric=config.n_numeric,
+                   n_frequencies=config.numeric_frequencies, frequency_sigma=config.numeric_sigma,
+                   embedding_size=config.numeric_embedding_size)
     if config.type == "cnn":
         return CNN(input_size, output_size, config.channels(), kernel_size=config.kernel_size, stride=config.stride,
                    padding=config.padding, pool=config.pool, activation=config.activation,
@@ -32,11 +35,12 @@ def transfer(saved: dict, output_size: int, freeze_features: bool) -> tuple[nn.M
     fresh head for `output_size` outputs."""
     config = ModelConfig(**saved["model_config"])
     network = build_model(config, saved["input_size"], output_size)
-    features = {k: v for k, v in saved["state_dict"].items() if k.startswith("features.")}
+    features = {k: v for k, v in saved["state_dict"].items() if k.startswith(("features.", "numeric_embedding."))}
     network.load_state_dict(features, strict=False)
     if freeze_features:
-        for parameter in network.features.parameters():
-            parameter.requires_grad_(False)
+        for part in (network.features, getattr(network, "numeric_embedding", None)):
+            for parameter in part.parameters() if part is not None else ():
+                parameter.requires_grad_(False)
     return network, config
 
 

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 MLP_LAYERS, TEXT_LAYERS = 3, 1
+PERIODIC_MIN_ROWS = 1000
 
 
 def default_layers(model_type: str, image_size: int | None = None) -> int:
@@ -31,6 +32,17 @@ class ModelConfig(BaseModel):
                                     "text, off for mlp (with the small batches that small tables get it made the "
                                     "MLP worse on regression: ames R2 0.883 -> 0.897 without it, over 3 splits).")
     dropout: float = Field(0.1, ge=0, lt=1)
+    numeric_embedding: Literal["auto", "none", "periodic"] = Field(
+        "auto", description="mlp: periodic = PLR embeddings of the numeric columns (Gorishniy et al. 2022, 'lite' "
+        "variant): each becomes ReLU(Linear([cos(2 pi c x), sin(2 pi c x)])) with trained frequencies c; one-hot "
+        "columns pass as they are. auto: periodic for a regression with at least "
+        f"{PERIODIC_MIN_ROWS} training rows, none otherwise (README, quality benchmark).")
+    numeric_frequencies: int = Field(48, ge=1, description="periodic embeddings: frequencies per numeric column.")
+    numeric_sigma: float = Field(0.1, gt=0, description="periodic embeddings: std of the initial frequencies "
+                                 "(inputs are standardised; larger = wigglier functions of each column).")
+    numeric_embedding_size: int = Field(24, ge=1, description="periodic embeddings: values per numeric column.")
+    n_numeric: int | None = Field(None, ge=0, description="mlp: how many leading inputs are numeric columns (set "
+                                  "by training from the tabular transform; default: all inputs).")
     # CNN
     conv_channels: list[int] | None = Field(None, description="Channels per conv block; default 32, 64, 128, ... "
                                             "(doubling, n_layers blocks).")
@@ -72,6 +84,18 @@ class ModelConfig(BaseModel):
         if self.batch_norm is None:
             update["batch_norm"] = kind != "mlp"
         return self.model_copy(update=update)
+
+    def for_data(self, task: str, n_train: int, n_numeric: int) -> "ModelConfig":
+        """This (resolved) config for the data it is about to train on: numeric_embedding 'auto' made (periodic for
+        an MLP on a regression with at least PERIODIC_MIN_ROWS training rows and a numeric column, else none) and
+        n_numeric, the count of leading numeric inputs, recorded so that the saved model rebuilds the same way."""
+        if self.type != "mlp":
+            return self
+        embedding = self.numeric_embedding
+        if embedding == "auto":
+            big_regression = task == "regression" and n_train >= PERIODIC_MIN_ROWS
+            embedding = "periodic" if big_regression and n_numeric else "none"
+        return self.model_copy(update={"numeric_embedding": embedding, "n_numeric": n_numeric})
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

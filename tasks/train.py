@@ -140,13 +140,16 @@ def find_lr(prepared: Prepared, transform, model_config: ModelConfig, config: Tr
 
 
 def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
-                   device: torch.device, run_id: str, work: Path, logger) -> TrainerConfig:
-    """The trainer config with the automatic choices made: batch size from the train split's size, lr auto."""
+                   device: torch.device, run_id: str, work: Path, logger) -> tuple[ModelConfig, TrainerConfig]:
+    """Both configs with the automatic choices made for this data: the task's defaults (epochs, schedule,
+    patience; an MLP's numeric embeddings), the batch size from the train split's size, lr auto."""
     n_train = split_rows(prepared, transform, "train")
     if n_train < 2:
         raise DataError(f"the train split holds {n_train} row(s); training needs at least 2 (BatchNorm): add rows "
                         "or give split.train a larger share")
-    resolved = config.resolved(n_train)
+    task_name = transform.target["task"]
+    model_config = model_config.for_data(task_name, n_train, kinds.of(transform).numeric_inputs(transform))
+    resolved = config.resolved(n_train, task=task_name)
     if config.batch_size is None:
         logger.info(f"batch size {resolved.batch_size} chosen for {n_train} training rows "
                     f"({-(-n_train // resolved.batch_size)} steps per epoch)")
@@ -155,7 +158,7 @@ def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, con
                        f"{n_train} per epoch instead")
     if config.lr == "auto":
         resolved.lr = find_lr(prepared, transform, model_config, resolved, seed, device, run_id, work, logger)
-    return resolved
+    return model_config, resolved
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -170,7 +173,8 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
         logger.info("resource limits: " + ", ".join(limits))
     transform = load_transform(prepared)
     asked = config
-    config = resolve_config(prepared, transform, model_config, config, seed, device, run_id, checkpoint_dir, logger)
+    model_config, config = resolve_config(prepared, transform, model_config, config, seed, device, run_id,
+                                          checkpoint_dir, logger)
     tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device),
                                           "batch_size_auto": asked.batch_size is None, "lr_auto": asked.lr == "auto"})
     if config.distributed.enabled:

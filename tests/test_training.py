@@ -20,7 +20,7 @@ def blobs(n=300, seed=0):
     return TensorData(centres[y] + torch.randn(n, 2, generator=g), y, batch_size=32)
 
 
-def make_trainer(n_epochs=5, callbacks=(), scheduler=SchedulerConfig(), lr=0.01, seed=0):
+def make_trainer(n_epochs=5, callbacks=(), scheduler=SchedulerConfig(name="plateau"), lr=0.01, seed=0):
     torch.manual_seed(seed)
     objective = make_objective("classification", 3)
     model = build_model(ModelConfig(type="mlp", n_layers=3, hidden_size=16, dropout=0.1), 2, objective.output_size)
@@ -140,3 +140,26 @@ def test_objectives_and_serving_head(task, classes, output_size):
     else:
         assert served.shape == (5, classes)
         assert torch.allclose(served.sum(1), torch.ones(5))
+
+
+def test_task_defaults_are_made_per_task_and_given_values_win():
+    classification = TrainerConfig().for_task("multiclass")
+    assert (classification.n_epochs, classification.early_stopping.patience) == (100, 10)
+    assert classification.scheduler.name == "ReduceLROnPlateau"
+    regression = TrainerConfig().resolved(500, task="regression")
+    assert (regression.n_epochs, regression.early_stopping.patience) == (200, 30)
+    assert (regression.scheduler.name, regression.scheduler.warmup_epochs, regression.scheduler.decay) == (
+        "LambdaLR", 5, "cosine")
+    given = TrainerConfig(n_epochs=7, scheduler={"name": "StepLR"}, early_stopping={"patience": 2})
+    assert given.for_task("regression") == given
+    with pytest.raises(ValueError, match="for_task"):
+        build_scheduler(None, SchedulerConfig(), 5, "min")
+
+
+def test_make_trainer_makes_the_task_defaults_for_direct_callers():
+    from training.objectives import make_objective
+    from training.optim import make_trainer as build
+
+    trainer = build(torch.nn.Linear(3, 1), make_objective("regression", 0), TrainerConfig(), 0,
+                    torch.device("cpu"), [])
+    assert trainer.max_epochs == 200 and trainer.scheduler.lr_lambdas[0](0) < 1  # warm-up

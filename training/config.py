@@ -13,11 +13,13 @@ class _Section(BaseModel):
 
 class SchedulerConfig(_Section):
     """One of torch.optim.lr_scheduler's schedulers, stepped once per epoch. Only the fields of the chosen one apply.
-    The default, ReduceLROnPlateau on early_stopping.monitor, follows however long training turns out to be (n_epochs
-    is only a cap): the rate drops tenfold after `patience` epochs without improvement, and early stopping (patience
-    10) ends training once the lower rate has stopped helping too."""
+    The default, auto, is made per task (`for_task`): for classification ReduceLROnPlateau on
+    early_stopping.monitor, which follows however long training turns out to be (n_epochs is only a cap): the rate
+    drops tenfold after `patience` epochs without improvement, and early stopping (patience 10) ends training once
+    the lower rate has stopped helping too. For regression LambdaLR with a 5-epoch warm-up and a cosine decay over
+    n_epochs (200): small regression tables kept improving long after a plateau scheduler had cut the rate."""
 
-    name: Literal[SCHEDULERS] = "ReduceLROnPlateau"
+    name: Literal[("auto",) + SCHEDULERS] = "auto"
     # LambdaLR, expressed in config: linear warm-up for warmup_epochs, then decay to final_factor x lr.
     warmup_epochs: int = Field(0, ge=0)
     decay: Literal["linear", "cosine", "constant"] = "linear"
@@ -33,13 +35,21 @@ class SchedulerConfig(_Section):
     factor: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(3, ge=0)
 
+    def for_task(self, task: str) -> "SchedulerConfig":
+        """This schedule with 'auto' made for `task` (see the class docstring)."""
+        if self.name != "auto":
+            return self
+        if task == "regression":
+            return self.model_copy(update={"name": "LambdaLR", "warmup_epochs": REGRESSION_WARMUP, "decay": "cosine"})
+        return self.model_copy(update={"name": "ReduceLROnPlateau"})
+
     @field_validator("name", mode="before")
     @classmethod
     def _canonical_name(cls, value):
         """Accept any capitalisation (steplr, cosineannealinglr) and the short names lambda/step/cosine/plateau."""
         if not isinstance(value, str):
             return value
-        aliases = {s.lower(): s for s in SCHEDULERS} | {
+        aliases = {s.lower(): s for s in ("auto",) + SCHEDULERS} | {
             "lambda": "LambdaLR", "step": "StepLR", "multistep": "MultiStepLR", "exponential": "ExponentialLR",
             "cosine": "CosineAnnealingLR", "plateau": "ReduceLROnPlateau"}
         return aliases.get(value.lower(), value)
@@ -63,12 +73,18 @@ class EarlyStoppingConfig(_Section):
     enabled: bool = True
     monitor: str = Field("val_loss", description="Any logged epoch metric: val_loss, val_accuracy, val_mae, ...")
     mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy/f1/auroc/r2, else min.")
-    patience: int = Field(10, ge=1)
+    patience: int | None = Field(None, ge=1, description="Epochs without improvement before stopping; default 10, "
+                                 "30 for regression (with its longer cosine schedule).")
     min_delta: float = Field(0.0, ge=0)
     restore_best: bool = True
 
 
 DEFAULT_LR = 1e-3
+# Defaults made per task by TrainerConfig.for_task: (n_epochs, early-stopping patience). Measured on the quality
+# benchmark's regressions (README): a warm-up + cosine schedule over 200 epochs with patience 30 took cars-mpg from
+# R2 0.733 to 0.803 at seed 42; classification was level or worse with it, so it keeps the plateau schedule.
+EPOCHS_PATIENCE = {"classification": (100, 10), "regression": (200, 30)}
+REGRESSION_WARMUP = 5
 AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_BATCH_STEPS = 16, 256, 32
 
 
@@ -81,8 +97,9 @@ def auto_batch_size(n_train: int) -> int:
 
 
 class TrainerConfig(_Section):
-    n_epochs: int = Field(100, ge=1, description="A cap: early stopping ends training when the monitored metric "
-                          "stops improving, and the best epoch's weights are restored.")
+    n_epochs: int | None = Field(None, ge=1, description="A cap: early stopping ends training when the monitored "
+                                 "metric stops improving, and the best epoch's weights are restored. Default 100, "
+                                 "200 for regression.")
     batch_size: int | None = Field(None, ge=1, description="Default: from the train split's size, the power of two "
                                    "nearest to rows/32 between 16 and 256 (logged as train.batch_size).")
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
@@ -109,14 +126,25 @@ class TrainerConfig(_Section):
             raise ValueError("lr must be a positive number or 'auto'")
         return value
 
-    def resolved(self, n_train: int, lr: float | None = None) -> "TrainerConfig":
-        """This config with the automatic choices made: the batch size for `n_train` training rows, and `lr`
-        (the range test's pick) when lr is 'auto'."""
+    def for_task(self, task: str) -> "TrainerConfig":
+        """This config with the defaults that depend on the task made (n_epochs, early-stopping patience, the
+        'auto' schedule); what the user gave is kept. Binary and multiclass count as classification."""
+        epochs, patience = EPOCHS_PATIENCE["regression" if task == "regression" else "classification"]
+        stopping = self.early_stopping
+        if stopping.patience is None:
+            stopping = stopping.model_copy(update={"patience": patience})
+        return self.model_copy(update={"n_epochs": self.n_epochs or epochs, "early_stopping": stopping,
+                                       "scheduler": self.scheduler.for_task(task)})
+
+    def resolved(self, n_train: int, lr: float | None = None, task: str = "classification") -> "TrainerConfig":
+        """This config with the automatic choices made: the task's defaults (for_task), the batch size for
+        `n_train` training rows, and `lr` (the range test's pick) when lr is 'auto'."""
+        config = self.for_task(task)
         update = {}
-        if self.batch_size is None:
+        if config.batch_size is None:
             update["batch_size"] = auto_batch_size(n_train)
-        if (update.get("batch_size") or self.batch_size) > n_train:
+        if (update.get("batch_size") or config.batch_size) > n_train:
             update["batch_size"] = max(1, n_train)  # one batch of the whole split; said in the train task's log
-        if self.lr == "auto":
+        if config.lr == "auto":
             update["lr"] = lr if lr is not None else DEFAULT_LR
-        return self.model_copy(update=update)
+        return config.model_copy(update=update)

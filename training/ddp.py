@@ -69,7 +69,7 @@ def run(job: dict) -> list[dict]:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
-        config = TrainerConfig(**job["train"])
+        config = TrainerConfig(**job["train"]).for_task(job["task"])  # a job written by hand may leave them out
         arrays = np.load(job["arrays"])
         token_ids = "train_ids" in arrays.files
         kind = "ids" if token_ids else "features"

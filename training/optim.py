@@ -45,6 +45,8 @@ class WarmupDecay:
 def build_scheduler(optimizer, config: SchedulerConfig, n_epochs: int, monitor_mode: str):
     """The configured scheduler, or None. All are stepped once per epoch by the trainer."""
     name = config.name
+    if name == "auto":
+        raise ValueError("scheduler 'auto' is made per task first: SchedulerConfig.for_task")
     if name == "none":
         return None
     if name == "LambdaLR":
@@ -62,10 +64,12 @@ def build_scheduler(optimizer, config: SchedulerConfig, n_epochs: int, monitor_m
 
 
 def make_trainer(network, objective, config: TrainerConfig, seed: int, device, callbacks, trainer_class=None):
-    """Optimizer (trainable parameters only) and scheduler from config, wired into a Trainer (or a subclass)."""
+    """Optimizer (trainable parameters only) and scheduler from config (its task defaults made for the objective's
+    task), wired into a Trainer (or a subclass)."""
     from training.callbacks import resolve_mode
     from training.trainer import Trainer
 
+    config = config.for_task(objective.task)
     optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
     monitor = config.early_stopping.monitor
     scheduler = build_scheduler(optimizer, config.scheduler, config.n_epochs,

@@ -125,6 +125,10 @@ class Kind:
         """What build_model takes as input_size (features, channels or vocabulary size)."""
         raise NotImplementedError
 
+    def numeric_inputs(self, transform) -> int:
+        """How many leading inputs are numeric columns (an MLP's periodic embeddings take those); 0: none."""
+        return 0
+
     def split_rows(self, prepared: Prepared, split: str) -> int:
         return len(np.load(prepared.arrays)[f"{split}_targets"])
 

@@ -86,6 +86,9 @@ class Table(Kind):
     def input_size(self, transform) -> int:
         return transform.n_features
 
+    def numeric_inputs(self, transform) -> int:
+        return len(transform.state["numeric"])  # TabularTransform.features puts them first
+
     def split_rows(self, prepared, split):
         if streamed(prepared):  # a memory map's header
             return len(np.load(Path(prepared.arrays) / f"{split}_targets.npy", mmap_mode="r"))
