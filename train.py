@@ -21,129 +21,33 @@ import time
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-# flag -> (section, field); a flag left out keeps the config file's value or the default
-FLAGS = {
-    "data": ("data", "source"), "target": ("data", "target"), "task": ("data", "task"),
-    "format": ("data", "format"), "data_type": ("data", "data_type"),
-    "text_column": ("text", "text_column"), "max_len": ("text", "max_len"), "min_freq": ("text", "min_freq"),
-    "max_vocab": ("text", "max_vocab"), "tokenizer": ("text", "tokenizer"),
-    "subwords": ("text", "subwords"), "word_ngrams": ("text", "word_ngrams"), "encoder": ("model", "encoder"),
-    "embedding_dim": ("model", "embedding_dim"), "encoding_errors": ("data", "encoding_errors"),
-    "memory_budget_mb": ("data", "memory_budget_mb"), "runner": ("parallel", "runner"),
-    "dask_address": ("parallel", "dask_address"), "dask_workers": ("parallel", "dask_workers"),
-    "image_size": ("image", "image_size"), "channels": ("image", "channels"), "workers": ("image", "workers"),
-    "pretrained": ("model", "pretrained"), "freeze_features": ("model", "freeze_features"),
-    "model_type": ("model", "type"),
-    "n_layers": ("model", "n_layers"), "hidden_size": ("model", "hidden_size"),
-    "activation": ("model", "activation"), "dropout": ("model", "dropout"),
-    "numeric_embedding": ("model", "numeric_embedding"),
-    "n_epochs": ("train", "n_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "optimizer": ("train", "optimizer"), "gpu_id": ("train", "gpu_id"), "cpu_threads": ("train", "cpu_threads"),
-    "gpu_memory_fraction": ("train", "gpu_memory_fraction"),
-    "nproc_per_node": ("train.distributed", "nproc_per_node"), "nnodes": ("train.distributed", "nnodes"),
-    "node_rank": ("train.distributed", "node_rank"), "master_addr": ("train.distributed", "master_addr"),
-    "master_port": ("train.distributed", "master_port"),
-    "scheduler": ("train.scheduler", "name"), "patience": ("train.early_stopping", "patience"),
-    "scaler": ("preprocess", "scaler"), "missing": ("preprocess", "missing"),
-    "model_name": ("export", "model_name"), "baseline_enabled": ("baseline", "enabled"),
-    "experiment": (None, "experiment"), "seed": (None, "seed"), "model_fn": (None, "model_fn"),
-}
-
-
-def _rate(value: str):
-    if value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a model through train-flow (Prefect) with MLflow tracking.")
+    from flows.flags import add_setting_flags
+
+    p = argparse.ArgumentParser(usage="train.py [--config FILE] [--model_fn PATH] [--<section>.<field> VALUE | "
+                                "--<field> VALUE ...]",
+                                description="Train a model through train-flow (Prefect) with MLflow tracking. "
+                                "Every setting of the config sections is a flag: --<section>.<field>, or the "
+                                "field's name alone where only one section has it.")
     p.add_argument("--config", help="YAML file with sections data, split, preprocess, image, text, model, train, "
-                   "export")
+                   "export, promote, parallel, baseline; flags override it")
     p.add_argument("--model_fn", help="where to write the model file (.pth; the .onnx goes beside it)")
-    p.add_argument("--data", help="path, http(s)/file URL, sklearn:wine|breast_cancer|diabetes|iris|digits or "
-                   "sample:reviews")
-    p.add_argument("--target", help="target column")
-    p.add_argument("--task", choices=["auto", "classification", "regression"])
-    p.add_argument("--format", choices=["auto", "csv", "parquet", "json"])
-    p.add_argument("--data_type", choices=["tabular", "image", "text"], help="image: a folder with one sub-folder "
-                   "per class, a manifest, a .zip/.tar.gz, or sklearn:digits; text: a table with a text column, or "
-                   "sample:reviews")
-    p.add_argument("--text_column", help="text: the column holding the texts (default 'text')")
-    p.add_argument("--tokenizer", choices=["word", "char_ngram"], help="text: word boundaries or character n-grams")
-    p.add_argument("--min_freq", type=int, help="text: tokens seen fewer times in the train split become <unk>")
-    p.add_argument("--max_vocab", type=int, help="text: most frequent tokens kept")
-    p.add_argument("--subwords", choices=["all", "oov", "none"], help="text: character n-gram pieces of every word "
-                   "(all, fastText; the default for the mean encoder), of unknown words only (oov; the default for "
-                   "the others), or none")
-    p.add_argument("--word_ngrams", type=int, help="text, mean encoder: add n-grams of consecutive words up to n")
-    p.add_argument("--max_len", type=int, help="text: tokens per text (default: 95th percentile of the train split)")
-    p.add_argument("--encoder", choices=["mean", "cnn", "lstm", "gru", "transformer"], help="text model encoder")
-    p.add_argument("--embedding_dim", type=int, help="text: token embedding width")
-    p.add_argument("--encoding_errors", choices=["error", "replace"], help="bytes that are not UTF-8 in the data "
-                   "file: stop with the line, or replace them and count")
-    p.add_argument("--memory_budget_mb", type=int, help="tabular Parquet larger than memory: stream it in record "
-                   "batches, holding about this many MiB of data at once")
-    p.add_argument("--runner", choices=["threads", "dask"], help="per-file preprocessing (image decoding, text "
-                   "cleaning): threads here, or Dask (prefect-dask)")
-    p.add_argument("--dask_address", help="--runner dask: an existing scheduler (tcp://host:8786); default: a "
-                   "LocalCluster")
-    p.add_argument("--dask_workers", type=int, help="--runner dask: LocalCluster worker processes")
-    p.add_argument("--image_size", type=int, help="side of the square images the model sees")
-    p.add_argument("--channels", type=int, choices=[1, 3])
-    p.add_argument("--workers", type=int, help="DataLoader worker processes for image augmentation")
-    p.add_argument("--model_type", choices=["auto", "mlp", "cnn", "text"])
-    p.add_argument("--pretrained", help="start from a torchyard model: a .pth file or models:/name/version")
-    p.add_argument("--freeze_features", action="store_true", default=None, help="with --pretrained: train the head only")
-    p.add_argument("--gpu_id", type=int, help="-1 for CPU, N for cuda:N")
-    p.add_argument("--cpu_threads", type=int, help="cap torch's CPU threads")
-    p.add_argument("--nproc_per_node", type=int, help="data-parallel training (DDP under torchrun): processes here")
-    p.add_argument("--nnodes", type=int, help="DDP: machines in all")
-    p.add_argument("--node_rank", type=int, help="DDP: this machine's rank")
-    p.add_argument("--master_addr", help="DDP: rank 0's address")
-    p.add_argument("--master_port", type=int, help="DDP: rank 0's port")
-    p.add_argument("--gpu_memory_fraction", type=float, help="cap this process's share of the GPU memory (0-1]")
-    p.add_argument("--batch_size", type=int, help="default: from the train split's size (rows/32 as a power of two, "
-                   "16 to 256)")
-    p.add_argument("--n_epochs", type=int, help="a cap (default 100, 200 for regression): early stopping ends "
-                   "training before it")
-    p.add_argument("--n_layers", type=int, help="linear layers in all (hidden blocks + output)")
-    p.add_argument("--hidden_size", type=int)
-    p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu", "leaky_relu"])
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--numeric_embedding", choices=["auto", "none", "periodic"], help="MLP: periodic (PLR) "
-                   "embeddings of numeric columns; auto (default): periodic for regressions of 1,000+ training rows")
-    p.add_argument("--lr", type=_rate, help="learning rate, or 'auto' for a learning-rate range test (default 1e-3)")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--scheduler", help="auto (default: ReduceLROnPlateau for classification, 5-epoch warm-up + "
-                   "cosine LambdaLR for regression), none, LambdaLR, StepLR, MultiStepLR, ExponentialLR, "
-                   "CosineAnnealingLR, ReduceLROnPlateau")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10, 30 for regression)")
-    p.add_argument("--scaler", choices=["standard", "minmax", "robust", "none"])
-    p.add_argument("--missing", choices=["impute", "drop_rows", "drop_columns"])
-    p.add_argument("--model_name", help="registered model name")
-    p.add_argument("--no_baseline", dest="baseline_enabled", action="store_const", const=False,
+    p.add_argument("--experiment", help="MLflow experiment name (default: the dataset's name)")
+    p.add_argument("--seed", type=int, help="split, initialisation and baseline seed (default 42)")
+    p.add_argument("--no_baseline", dest="baseline.enabled", action="store_const", const=False,
                    help="skip the scikit-learn baseline fitted beside the network")
-    p.add_argument("--experiment", help="MLflow experiment name")
-    p.add_argument("--seed", type=int)
+    add_setting_flags(p)
     return p.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace):
+    from flows import flags
     from flows.config import RunConfig, load_config_file
 
-    values = load_config_file(args.config) if args.config else {}
-    for flag, (section, field) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        node = values
-        for key in (section.split(".") if section else []):
-            node = node.setdefault(key, {})
-        node[field] = value
+    values = flags.merge(load_config_file(args.config) if args.config else {}, flags.given(args))
+    for name in ("experiment", "seed", "model_fn"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
     return RunConfig(**values)
 
 
@@ -185,6 +89,10 @@ def main(argv=None, prefect_server=None, warm_up: bool = False) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+    problem = model_fn_problem(config.model_fn)  # the flag or the config file's model_fn
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     from flows.train_flow import train_flow
 
@@ -229,6 +137,23 @@ def main(argv=None, prefect_server=None, warm_up: bool = False) -> int:
     print(f"MLflow run: {result['run_id']} (make mlflow-ui, then http://127.0.0.1:5000)")
     trace("flow done")
     return 0
+
+
+def model_fn_problem(model_fn: str | None) -> str | None:
+    """Why the model file cannot be written at `model_fn` (an existing folder, or a name ending in a slash), found
+    before anything runs rather than after training; None when it can be tried."""
+    if not model_fn:
+        return None
+    from pathlib import Path
+
+    path = Path(model_fn).expanduser()
+    if model_fn.endswith(("/", os.sep)) or path.is_dir():
+        return (f"--model_fn {model_fn} is a folder; give the model file's name, e.g. "
+                f"--model_fn {path / 'model.pth'} (the .onnx is written beside it)")
+    if path.with_suffix(".onnx").is_dir():
+        return (f"--model_fn {model_fn}: the .onnx written beside it, {path.with_suffix('.onnx')}, is an existing "
+                "folder; choose another name")
+    return None
 
 
 def warm_up_in_background() -> threading.Thread:
@@ -276,7 +201,11 @@ def cli(argv=None) -> None:
     """The command line: main() with a Prefect API chosen before the heavy imports, then a flushed, immediate exit.
     Only for `python train.py`: os._exit ends the process, so library code and tests call main() instead."""
     trace("start")
-    parse_args(argv)  # --help and flag errors exit here, before anything is started
+    args = parse_args(argv)  # --help and flag errors exit here, before anything is started
+    problem = model_fn_problem(args.model_fn)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        os._exit(2)
     # idle OpenMP threads sleep instead of spinning: torch's and scikit-learn's thread pools share 2 cores here, and
     # spinning ones slowed the baseline's HistGradientBoosting fit 3-10x (bench/bench_startup.py)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

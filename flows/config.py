@@ -8,64 +8,23 @@ import json
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, create_model, model_validator
 
-from models.config import ModelConfig
+from flows.sections import SECTIONS, ExportConfig, PromoteConfig  # noqa: F401 - imported from here by users
 from preprocessing import kinds
-from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig
 from preprocessing.errors import TorchyardError
 from preprocessing.sources import dataset_name
-from tasks.parallel import ParallelConfig
-from training.baseline import BaselineConfig
-from training.config import TrainerConfig
 
 
 class ConfigError(TorchyardError):
     """A config file or flag that cannot be used."""
 
 
-class ExportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunConfig(create_model("Sections", __config__=ConfigDict(extra="forbid"), **{
+        name: (section, Field(default_factory=section, description=description))
+        for name, (section, description) in SECTIONS.items()})):
+    """The sections of flows/sections.py (one field each), plus the run's own settings."""
 
-    model_name: str | None = Field(None, description="Registered model name; default '<dataset>-<model type>'.")
-    register_model: bool = Field(True, description="Register the exported model in the MLflow registry.")
-    tolerance: float = Field(1e-4, gt=0, description="Max |ONNX Runtime - torch| allowed on the test rows.")
-
-
-class PromoteConfig(BaseModel):
-    """Champion/challenger: which registry version the alias `champion` points at after a run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str | None = Field(None, description="Test metric compared on the new test split; default "
-                               "test_accuracy (classification) or test_r2 (regression). Lower is better for "
-                               "*_mse, *_mae and *_loss.")
-    min_improvement: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than 0 "
-                                   "and by at least this much to become champion.")
-    skip_unchanged: bool = Field(False, description="Retraining: when the data fingerprint and config hash equal "
-                                 "those the champion was trained on, record 'no new data' and stop without "
-                                 "training (the deployments set this).")
-
-    def metric_for(self, task: str) -> str:
-        return self.metric or ("test_r2" if task == "regression" else "test_accuracy")
-
-
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: DataConfig = Field(default_factory=DataConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    preprocess: TabularConfig = Field(default_factory=TabularConfig)
-    image: ImageConfig = Field(default_factory=ImageConfig)
-    text: TextConfig = Field(default_factory=TextConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainerConfig = Field(default_factory=TrainerConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    promote: PromoteConfig = Field(default_factory=PromoteConfig)
-    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Where per-file preprocessing "
-                                     "(image decoding, text cleaning) runs: threads here, or Dask.")
-    baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="A scikit-learn model on the same "
-                                     "split, logged beside the network's test metrics.")
     experiment: str | None = Field(None, description="MLflow experiment; default: the dataset's name.")
     seed: int = 42
     model_fn: str | None = Field(None, description="Also write the model file here (plus .onnx beside it).")

@@ -1,58 +1,12 @@
-"""torch.nn.Module definitions and build_model(config). Imports neither prefect nor mlflow."""
-import torch
-from torch import nn
-
-from models.cnn import CNN
-from models.config import ModelConfig
-from models.mlp import MLP
-from models.text import TextNet
+"""torch.nn.Module definitions (mlp.py, cnn.py, text.py) and build_model(config) (build.py). Imports neither prefect
+nor mlflow, and not even torch until a model is built: `models.config` is read by the CLI's --help, which must stay
+instant."""
+_BUILD = ("build_model", "transfer", "save_network", "load_network")
 
 
-def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Module:
-    """input_size: features for an MLP, image channels for a CNN, vocabulary size for a text model."""
-    if config.type != "auto":
-        config = config.resolved()  # n_layers' default for the type
-    if config.type == "mlp":
-        return MLP(input_size, output_size, n_layers=config.n_layers, hidden_size=config.hidden_size,
-                   activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout,
-                   numeric_embedding=config.numeric_embedding.replace("auto", "none"), n_numeric=config.n_numeric,
-                   n_frequencies=config.numeric_frequencies, frequency_sigma=config.numeric_sigma,
-                   embedding_size=config.numeric_embedding_size)
-    if config.type == "cnn":
-        return CNN(input_size, output_size, config.channels(), kernel_size=config.kernel_size, stride=config.stride,
-                   padding=config.padding, pool=config.pool, activation=config.activation,
-                   batch_norm=config.batch_norm, hidden_size=config.hidden_size, dropout=config.dropout)
-    if config.type == "text":
-        return TextNet(input_size, output_size, encoder=config.encoder, embedding_dim=config.embedding_dim,
-                       hidden_size=config.hidden_size, n_layers=config.n_layers, kernel_size=config.kernel_size,
-                       activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout,
-                       n_heads=config.n_heads, max_positions=config.max_positions)
-    raise ValueError(f"model type {config.type!r} must be resolved (ModelConfig.resolved) before building")
+def __getattr__(name: str):
+    if name in _BUILD:
+        from models import build
 
-
-def transfer(saved: dict, output_size: int, freeze_features: bool) -> tuple[nn.Module, ModelConfig]:
-    """A network with the architecture and feature weights of a saved one (a model file's 'network' entry) and a
-    fresh head for `output_size` outputs."""
-    config = ModelConfig(**saved["model_config"])
-    network = build_model(config, saved["input_size"], output_size)
-    features = {k: v for k, v in saved["state_dict"].items() if k.startswith(("features.", "numeric_embedding."))}
-    network.load_state_dict(features, strict=False)
-    if freeze_features:
-        for part in (network.features, getattr(network, "numeric_embedding", None)):
-            for parameter in part.parameters() if part is not None else ():
-                parameter.requires_grad_(False)
-    return network, config
-
-
-def save_network(path, config: ModelConfig, input_size: int, output_size: int, network: nn.Module) -> None:
-    """Weights plus what is needed to rebuild the module; plain data, loadable with weights_only=True."""
-    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    torch.save({"model_config": config.model_dump(), "input_size": input_size, "output_size": output_size,
-                "state_dict": state}, path)
-
-
-def load_network(path) -> tuple[nn.Module, dict]:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    network = build_model(ModelConfig(**saved["model_config"]), saved["input_size"], saved["output_size"])
-    network.load_state_dict(saved["state_dict"])
-    return network.eval(), saved
+        return getattr(build, name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

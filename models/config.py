@@ -27,11 +27,12 @@ class ModelConfig(BaseModel):
                                  "image.image_size: log2(size/4) between 2 and 5, so 3 at 32 px, 5 from 91 px); "
                                  "text: the encoder's depth (see encoder; default 1).")
     hidden_size: int = Field(64, ge=1, description="mlp: hidden width; cnn: width of the hidden fully connected layer.")
-    activation: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"] = "relu"
+    activation: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"] = Field(
+        "relu", description="Activation after each hidden layer.")
     batch_norm: bool | None = Field(None, description="BatchNorm after each hidden layer; default: on for cnn and "
                                     "text, off for mlp (with the small batches that small tables get it made the "
                                     "MLP worse on regression: ames R2 0.883 -> 0.897 without it, over 3 splits).")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
     numeric_embedding: Literal["auto", "none", "periodic"] = Field(
         "auto", description="mlp: periodic = PLR embeddings of the numeric columns (Gorishniy et al. 2022, 'lite' "
         "variant): each becomes ReLU(Linear([cos(2 pi c x), sin(2 pi c x)])) with trained frequencies c; one-hot "
@@ -46,10 +47,10 @@ class ModelConfig(BaseModel):
     # CNN
     conv_channels: list[int] | None = Field(None, description="Channels per conv block; default 32, 64, 128, ... "
                                             "(doubling, n_layers blocks).")
-    kernel_size: int = Field(3, ge=1)
-    stride: int = Field(1, ge=1)
+    kernel_size: int = Field(3, ge=1, description="cnn (and the text cnn encoder): convolution kernel size.")
+    stride: int = Field(1, ge=1, description="cnn: convolution stride.")
     padding: int | None = Field(None, ge=0, description="Default kernel_size // 2 (same size at stride 1).")
-    pool: Literal["max", "avg", "none"] = "max"
+    pool: Literal["max", "avg", "none"] = Field("max", description="cnn: pooling after each block.")
     # text
     encoder: Literal["mean", "cnn", "lstm", "gru", "transformer"] = Field(
         "mean", description="text: mean = masked mean of the embeddings then n_layers-1 hidden layers (fastText-like); "

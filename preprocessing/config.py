@@ -17,7 +17,9 @@ class DataConfig(_Section):
         "per class, a CSV/Parquet manifest (path and label columns), a .zip/.tar.gz of either, or sklearn:digits. "
         "Text: a table with a text column, or the bundled sample:reviews (Korean/English/emoji reviews).",
     )
-    data_type: Literal["tabular", "image", "text"] = "tabular"
+    data_type: Literal["tabular", "image", "text"] = Field(
+        "tabular", description="tabular: a table of features and a target; image: a folder with one sub-folder per "
+        "class, a manifest, a .zip/.tar.gz, or sklearn:digits; text: a table with a text column, or sample:reviews.")
     format: Literal["auto", "csv", "parquet", "json"] = Field(
         "auto", description="File format; auto guesses from the file name and falls back to CSV."
     )
@@ -30,7 +32,8 @@ class DataConfig(_Section):
     features: list[str] | None = Field(None, description="Feature columns to use; default: all but the target.")
     ignore: list[str] = Field(default_factory=list, description="Columns to leave out (ids, timestamps...).")
     read_retries: int = Field(3, ge=0, description="Retries for transient errors reading a URL.")
-    retry_delay_seconds: float = Field(2.0, ge=0)
+    retry_delay_seconds: float = Field(2.0, ge=0, description="Seconds before the first retry of a URL read "
+                                       "(doubling after each).")
     encoding_errors: Literal["error", "replace"] = Field(
         "error", description="Bytes that are not valid UTF-8 in a CSV/JSON file: error names the line; replace "
         "substitutes U+FFFD and logs how many were replaced.")
@@ -54,9 +57,9 @@ class DataConfig(_Section):
 
 
 class SplitConfig(_Section):
-    train: float = Field(0.7, gt=0, lt=1)
-    val: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
+    train: float = Field(0.7, gt=0, lt=1, description="Share of the rows for training.")
+    val: float = Field(0.15, gt=0, lt=1, description="Share for validation (early stopping, LR schedule).")
+    test: float = Field(0.15, gt=0, lt=1, description="Share for the test metrics and promotion.")
 
     @model_validator(mode="after")
     def _sums_to_one(self):
@@ -73,13 +76,16 @@ class TabularConfig(_Section):
         "columns whose null fraction exceeds max_null_fraction and impute the rest. Prediction never drops rows: "
         "nulls there are imputed with the training statistics.",
     )
-    numeric_impute: Literal["mean", "median", "most_frequent", "constant"] = "median"
+    numeric_impute: Literal["mean", "median", "most_frequent", "constant"] = Field(
+        "median", description="missing: impute: what fills a numeric null (constant: fill_value).")
     fill_value: float = Field(0.0, description="Value used by numeric_impute=constant.")
     categorical_impute: Literal["most_frequent", "constant"] = Field(
         "constant", description="constant: nulls become their own category '__missing__'."
     )
-    max_null_fraction: float = Field(0.5, ge=0, le=1)
-    scaler: Literal["standard", "minmax", "robust", "none"] = "standard"
+    max_null_fraction: float = Field(0.5, ge=0, le=1, description="missing: drop_columns: drop a column with "
+                                     "more nulls than this share.")
+    scaler: Literal["standard", "minmax", "robust", "none"] = Field(
+        "standard", description="How numeric columns are scaled (statistics of the train split).")
     categorical: Literal["onehot", "index"] = Field(
         "onehot", description="onehot: one column per category plus an unknown bucket; index: one integer code, 0 = unknown."
     )

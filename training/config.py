@@ -19,21 +19,23 @@ class SchedulerConfig(_Section):
     the lower rate has stopped helping too. For regression LambdaLR with a 5-epoch warm-up and a cosine decay over
     n_epochs (200): small regression tables kept improving long after a plateau scheduler had cut the rate."""
 
-    name: Literal[("auto",) + SCHEDULERS] = "auto"
+    name: Literal[("auto",) + SCHEDULERS] = Field(
+        "auto", description="auto: ReduceLROnPlateau for classification, 5-epoch warm-up + cosine LambdaLR for "
+        "regression; any capitalisation, or lambda/step/multistep/exponential/cosine/plateau.")
     # LambdaLR, expressed in config: linear warm-up for warmup_epochs, then decay to final_factor x lr.
-    warmup_epochs: int = Field(0, ge=0)
-    decay: Literal["linear", "cosine", "constant"] = "linear"
-    final_factor: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, description="LambdaLR: epochs of linear warm-up.")
+    decay: Literal["linear", "cosine", "constant"] = Field("linear", description="LambdaLR: after the warm-up.")
+    final_factor: float = Field(0.0, ge=0, description="LambdaLR: the rate at the end, as a share of lr.")
     # StepLR / MultiStepLR / ExponentialLR
-    step_size: int = Field(10, ge=1)
-    milestones: list[int] = Field(default_factory=lambda: [10, 20])
-    gamma: float = Field(0.1, gt=0)
+    step_size: int = Field(10, ge=1, description="StepLR: epochs between drops.")
+    milestones: list[int] = Field(default_factory=lambda: [10, 20], description="MultiStepLR: epochs of the drops.")
+    gamma: float = Field(0.1, gt=0, description="StepLR/MultiStepLR/ExponentialLR: factor per drop.")
     # CosineAnnealingLR (t_max defaults to n_epochs)
-    t_max: int | None = Field(None, ge=1)
-    eta_min: float = Field(0.0, ge=0)
+    t_max: int | None = Field(None, ge=1, description="CosineAnnealingLR: period in epochs (default n_epochs).")
+    eta_min: float = Field(0.0, ge=0, description="CosineAnnealingLR: the lowest rate.")
     # ReduceLROnPlateau (watches early_stopping.monitor)
-    factor: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(3, ge=0)
+    factor: float = Field(0.1, gt=0, lt=1, description="ReduceLROnPlateau: factor per drop.")
+    patience: int = Field(3, ge=0, description="ReduceLROnPlateau: epochs without improvement before a drop.")
 
     def for_task(self, task: str) -> "SchedulerConfig":
         """This schedule with 'auto' made for `task` (see the class docstring)."""
@@ -59,10 +61,10 @@ class DistributedConfig(_Section):
     """Data-parallel training (DDP) launched by torchrun; 1 process per node means no DDP. The flags are torchrun's."""
 
     nproc_per_node: int = Field(1, ge=1, description="Processes on this machine: GPUs on CUDA, or CPU processes.")
-    nnodes: int = Field(1, ge=1)
-    node_rank: int = Field(0, ge=0)
-    master_addr: str = "127.0.0.1"
-    master_port: int = Field(29500, ge=1, le=65535)
+    nnodes: int = Field(1, ge=1, description="Machines in all.")
+    node_rank: int = Field(0, ge=0, description="This machine's rank.")
+    master_addr: str = Field("127.0.0.1", description="Rank 0's address.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Rank 0's port.")
 
     @property
     def enabled(self) -> bool:
@@ -70,13 +72,13 @@ class DistributedConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Stop when the monitored metric stops improving.")
     monitor: str = Field("val_loss", description="Any logged epoch metric: val_loss, val_accuracy, val_mae, ...")
     mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy/f1/auroc/r2, else min.")
     patience: int | None = Field(None, ge=1, description="Epochs without improvement before stopping; default 10, "
                                  "30 for regression (with its longer cosine schedule).")
-    min_delta: float = Field(0.0, ge=0)
-    restore_best: bool = True
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+    restore_best: bool = Field(True, description="End with the best epoch's weights.")
 
 
 DEFAULT_LR = 1e-3
@@ -102,7 +104,7 @@ class TrainerConfig(_Section):
                                  "200 for regression.")
     batch_size: int | None = Field(None, ge=1, description="Default: from the train split's size, the power of two "
                                    "nearest to rows/32 between 16 and 256 (logged as train.batch_size).")
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="torch.optim optimizer.")
     lr: float | Literal["auto"] = Field(1e-3, description="A rate, or 'auto': a learning-rate range test over "
                                         "lr_find_steps steps picks one tenth of the rate with the lowest loss (logged "
                                         "as train.lr, its curve as train/lr_find.png); when the loss goes down at no "
