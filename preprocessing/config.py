@@ -38,6 +38,10 @@ class DataConfig(_Section):
         "error", description="Bytes that are not valid UTF-8 in a CSV/JSON file: error names the line; replace "
         "substitutes U+FFFD and logs how many were replaced.")
 
+    max_file_mb: int = Field(2048, ge=1, description="A CSV/JSON/Parquet file read into memory may be at most this "
+                             "large (checked before reading; larger Parquet: memory_budget_mb streams it).")
+    max_line_mb: int = Field(64, ge=1, description="A CSV/JSON line may be at most this long (checked before "
+                             "parsing: one enormous line took pandas minutes and gigabytes).")
     memory_budget_mb: int | None = Field(
         None, ge=16, description="Tables larger than memory: a local Parquet file or folder is read in record "
         "batches (pyarrow), validated, split and preprocessed batch by batch, and streamed to the trainer from disk, "

@@ -2,6 +2,7 @@
 
 Every failure is a DataError that names the source and says what was expected.
 """
+import csv
 import hashlib
 import io
 import socket
@@ -10,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 
 from preprocessing.errors import DataError
@@ -25,6 +27,11 @@ _SUFFIX_FORMATS = {
 }
 
 
+MAX_FILE_MB, MAX_LINE_MB = 2048, 64  # data.max_file_mb, data.max_line_mb
+_DELIMITERS = (";", "\t", "|")  # tried when a CSV's header has no comma
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 class TransientReadError(DataError):
     """Reading a URL failed in a way that may succeed on retry (refused, timed out, 5xx)."""
 
@@ -33,10 +40,14 @@ def is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https", "file")
 
 
-def read_table(source: str, fmt: str = "auto", timeout: float = 30.0, encoding_errors: str = "error") -> pd.DataFrame:
+def read_table(source: str, fmt: str = "auto", timeout: float = 30.0, encoding_errors: str = "error",
+               max_file_mb: int = MAX_FILE_MB, max_line_mb: int = MAX_LINE_MB) -> pd.DataFrame:
     """Read `source` (path, URL, sklearn:NAME or sample:reviews) into a DataFrame with at least one row.
 
-    encoding_errors="replace" turns bytes that are not UTF-8 into U+FFFD; their count is in frame.attrs."""
+    Bounded before the work: a file over `max_file_mb`, or a CSV/JSON line over `max_line_mb`, is refused with the
+    setting that raises the limit (a one-line CSV of hundreds of MB took minutes and 13 GB in pandas).
+    encoding_errors="replace" turns bytes that are not UTF-8 into U+FFFD; their count is in frame.attrs, and
+    what a reader should know (a delimiter guessed, columns renamed) is in frame.attrs["warnings"]."""
     if source.startswith(SAMPLE_PREFIX):
         return load_sample(source[len(SAMPLE_PREFIX):])
     if source == TEXT_SAMPLE:
@@ -44,16 +55,45 @@ def read_table(source: str, fmt: str = "auto", timeout: float = 30.0, encoding_e
 
         return reviews()
     name = source
-    raw = fetch(source, timeout) if is_url(source) and urlparse(source).scheme != "file" else _read_local(source)
+    limit = max_file_mb * 2**20
+    remote = is_url(source) and urlparse(source).scheme != "file"
+    raw = fetch(source, timeout, limit) if remote else _read_local(source, limit)
     if not raw:
         raise DataError(f"{name} is empty (0 bytes); expected a CSV, Parquet or JSON-lines table")
     fmt = _guess_format(name, raw) if fmt == "auto" else fmt
+    if fmt != "parquet":
+        _check_lines(name, raw, max_line_mb)
     frame = _parse(name, raw, fmt, encoding_errors)
     if len(frame.columns) == 0:
         raise DataError(f"{name} has no columns; expected a header row naming the columns")
     if len(frame) == 0:
         raise DataError(f"{name} has a header but no data rows")
     return frame
+
+
+def _too_large(source: str, limit: int) -> DataError:
+    return DataError(f"{source} is larger than data.max_file_mb ({limit // 2**20} MB); raise data.max_file_mb, or "
+                     "for a table larger than memory give a Parquet file and data.memory_budget_mb to stream it")
+
+
+def _check_lines(name: str, raw: bytes, max_line_mb: int, block: int = 64 * 2**20) -> None:
+    """Refuse a text file with a line longer than max_line_mb, found by scanning the bytes for newlines in blocks
+    (about 1 s per GB), before a parser spends minutes and gigabytes on it."""
+    limit, start, line, longest, at = max_line_mb * 2**20, 0, 1, 0, 1
+    data = np.frombuffer(raw, dtype=np.uint8)
+    for offset in range(0, len(data), block):
+        ends = np.flatnonzero(data[offset:offset + block] == 10) + offset
+        bounds = np.concatenate(([start], ends + 1))
+        lengths = np.diff(bounds)
+        if len(lengths) and lengths.max() > longest:
+            longest, at = int(lengths.max()), line + int(lengths.argmax())
+        if len(ends):
+            start, line = int(ends[-1]) + 1, line + len(ends)
+    if len(raw) - start > longest:
+        longest, at = len(raw) - start, line
+    if longest > limit:
+        raise DataError(f"{name}: line {at} is {longest / 2**20:.0f} MB long, more than data.max_line_mb "
+                        f"({max_line_mb} MB); is it the right file? Raise data.max_line_mb if it is")
 
 
 def load_sample(name: str) -> pd.DataFrame:
@@ -71,23 +111,35 @@ def load_sample(name: str) -> pd.DataFrame:
     return frame
 
 
-def _read_local(source: str) -> bytes:
+def _read_local(source: str, limit: int) -> bytes:
     path = Path(urlparse(source).path if source.startswith("file:") else source).expanduser()
     if not path.exists():
         raise DataError(f"data file not found: {source} (looked for {path.resolve()})")
     if path.is_dir():
         raise DataError(f"{source} is a folder; tabular data must be one CSV, Parquet or JSON-lines file")
     try:
-        return path.read_bytes()
+        if path.is_file() and path.stat().st_size > limit:
+            raise _too_large(source, limit)
+        with path.open("rb") as stream:  # not a regular file (a pipe, /dev/zero): read no more than the limit
+            head = stream.read(2**20)
+            _refuse_binary(source, head, "parquet" if head[:4] == _PARQUET_MAGIC else "csv")
+            raw = head + stream.read(max(0, limit + 1 - len(head)))
     except OSError as exc:
         raise DataError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    if len(raw) > limit:
+        raise _too_large(source, limit)
+    return raw
 
 
-def fetch(url: str, timeout: float) -> bytes:
-    """Download `url`; TransientReadError for failures worth retrying, DataError for the rest."""
+def fetch(url: str, timeout: float, limit: int = MAX_FILE_MB * 2**20) -> bytes:
+    """Download `url`, at most `limit` bytes; TransientReadError for failures worth retrying, DataError for the
+    rest."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read()
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > limit:
+                raise _too_large(url, limit)
+            raw = response.read(limit + 1)
     except urllib.error.HTTPError as exc:
         message = f"could not download {url}: HTTP {exc.code} {exc.reason}"
         if exc.code >= 500 or exc.code == 429:
@@ -96,6 +148,9 @@ def fetch(url: str, timeout: float) -> bytes:
     except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TransientReadError(f"could not reach {url}: {reason}") from exc
+    if len(raw) > limit:
+        raise _too_large(url, limit)
+    return raw
 
 
 def _guess_format(name: str, raw: bytes) -> str:
@@ -105,14 +160,29 @@ def _guess_format(name: str, raw: bytes) -> str:
     return _SUFFIX_FORMATS.get(suffix, "csv")
 
 
+def _refuse_binary(name: str, head: bytes, fmt: str) -> None:
+    """A text format whose first bytes hold NULs is binary data (or UTF-16 without a byte-order mark)."""
+    if fmt != "parquet" and head[:2] not in _UTF16_BOMS and b"\x00" in head[:8192]:
+        raise DataError(f"{name} does not look like a {fmt.upper()} file: it contains NUL bytes (binary data, or "
+                        "UTF-16/UTF-32 text without a byte-order mark: re-save it as UTF-8)")
+
+
 def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> pd.DataFrame:
     if fmt == "parquet":
         try:
             return pd.read_parquet(io.BytesIO(raw))
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
             raise DataError(f"{name} could not be read as Parquet: {exc}") from exc
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{name} does not look like a {fmt.upper()} file: it contains binary data")
+    if raw[:2] in _UTF16_BOMS:  # Excel's "Unicode text" and PowerShell write UTF-16 with a byte-order mark
+        try:
+            frame = _parse_text(name, raw.decode("utf-16"), fmt)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name} starts like UTF-16 text but byte {exc.start} is not; re-save it as "
+                            "UTF-8") from exc
+        frame.attrs["replaced_characters"] = 0
+        frame.attrs.setdefault("warnings", []).append(f"{name} was read as UTF-16 (it has a UTF-16 byte-order mark)")
+        return frame
+    _refuse_binary(name, raw, fmt)
     replaced = 0
     try:
         text = raw.decode("utf-8-sig")
@@ -132,13 +202,36 @@ def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> p
 def _parse_text(name: str, text: str, fmt: str) -> pd.DataFrame:
     if fmt == "json":
         return _parse_json(name, text)
-    sep = "\t" if name.lower().endswith(".tsv") else ","
+    header = text[:text.find("\n")] if "\n" in text else text
+    sep, notes = "\t" if name.lower().endswith(".tsv") else ",", []
+    if sep == "," and "," not in header and any(d in header for d in _DELIMITERS):
+        sep = max(_DELIMITERS, key=header.count)  # a semicolon CSV (European Excel) read as one column otherwise
+        notes.append(f"{name}: the header has no comma, so the columns were split on {sep!r}")
     try:
-        return pd.read_csv(io.StringIO(text), sep=sep)
+        frame = pd.read_csv(io.StringIO(text), sep=sep)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{name} has no header and no rows; expected a CSV table") from exc
     except pd.errors.ParserError as exc:
         raise DataError(f"{name} could not be parsed as CSV: {str(exc).strip()}") from exc
+    frame.attrs["warnings"] = notes + _header_notes(name, header.rstrip("\r"), sep, list(frame.columns))
+    return frame
+
+
+def _header_notes(name: str, header: str, sep: str, columns: list) -> list[str]:
+    """What pandas renamed silently: empty column names ('Unnamed: 3') and repeated ones ('a.1')."""
+    try:
+        names = next(csv.reader([header], delimiter=sep))
+    except (csv.Error, StopIteration):
+        return []
+    if len(names) != len(columns):
+        return []
+    notes = [f"{name}: column {i + 1} has no name; it is read as {str(col)!r}"
+             for i, (raw, col) in enumerate(zip(names, columns)) if not raw.strip()]
+    repeated = sorted({n for n in names if n.strip() and names.count(n) > 1})
+    notes += [f"{name}: the column name {n!r} appears {names.count(n)} times; the later ones are read as "
+              + ", ".join(repr(str(c)) for raw, c in zip(names, columns) if raw == n and str(c) != n)
+              for n in repeated]
+    return notes
 
 
 def _parse_json(name: str, text: str) -> pd.DataFrame:

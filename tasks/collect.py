@@ -71,7 +71,8 @@ def collect(config: DataConfig, image_config: ImageConfig, run_id: str, work_dir
     frame, n_rows, digest, summary = collected.frame, collected.n_rows, collected.fingerprint, collected.summary
     if not collected.written:
         frame.to_parquet(path, index=False)
-    (logger.warning if frame.attrs.get("replaced_characters") else logger.info)(f"{summary} (fingerprint {digest})")
+    noteworthy = frame.attrs.get("replaced_characters") or frame.attrs.get("warnings")
+    (logger.warning if noteworthy else logger.info)(f"{summary} (fingerprint {digest})")
 
     client = tracking.configure()
     client.log_inputs(run_id, datasets=[DatasetInput(_dataset_entity(frame, n_rows, config, digest),

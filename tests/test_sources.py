@@ -69,7 +69,7 @@ def test_missing_file_names_the_path(tmp_path):
 @pytest.mark.parametrize("content,message", [
     (b"", "is empty \\(0 bytes\\)"),
     (b"a,b,target\n", "has a header but no data rows"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "does not look like a CSV file: it contains binary data"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "does not look like a CSV file: it contains NUL bytes"),
     (b"a,b\n1,\xff\xfe\n", "not valid UTF-8 text: line 2"),
     (b"a,b\n1,2\n3,4,5,6\n", "could not be parsed as CSV"),
 ])
@@ -101,3 +101,51 @@ def test_dataset_name():
     assert dataset_name("sklearn:wine") == "wine"
     assert dataset_name("https://host/data/iris.csv?x=1") == "iris"
     assert dataset_name("/tmp/sales.tar.parquet") == "sales"
+
+
+def test_semicolon_csv_is_split_on_semicolons_and_says_so(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("a;b;target\n1,5;2;x\n3;4;y\n")
+    frame = read_table(str(path))
+    assert list(frame.columns) == ["a", "b", "target"] and frame["target"].tolist() == ["x", "y"]
+    assert "split on ';'" in frame.attrs["warnings"][0]
+
+
+def test_utf16_csv_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("a,target\n1,é\n2,ü\n".encode("utf-16"))
+    frame = read_table(str(path))
+    assert frame["target"].tolist() == ["é", "ü"] and "UTF-16" in frame.attrs["warnings"][0]
+
+
+def test_renamed_columns_are_reported(tmp_path):
+    path = tmp_path / "names.csv"
+    path.write_text("a,,a,target\n1,2,3,x\n")
+    notes = " | ".join(read_table(str(path)).attrs["warnings"])
+    assert "column 2 has no name; it is read as 'Unnamed: 1'" in notes and "'a' appears 2 times" in notes
+    path.write_text("a,b,target\n1,2,x\n")
+    assert read_table(str(path)).attrs["warnings"] == []
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_text("a,target\n" + "1,x\n" * 300_000)  # 1.2 MB
+    with pytest.raises(DataError, match=r"larger than data.max_file_mb \(1 MB\)"):
+        read_table(str(path), max_file_mb=1)
+    assert len(read_table(str(path), max_file_mb=2)) == 300_000
+
+
+def test_an_endless_stream_is_refused_without_reading_it_all():
+    with pytest.raises(DataError, match="NUL bytes"):
+        read_table("/dev/zero")
+
+
+@pytest.mark.parametrize("block", [7, 64 * 2**20])
+def test_the_longest_line_is_found_across_scan_blocks(tmp_path, block):
+    from preprocessing.sources import _check_lines
+
+    raw = b"a,target\n" + b"1" * 40 + b",x\n" + b"2,y"
+    _check_lines("t.csv", raw, max_line_mb=1, block=block)
+    long = b"a,target\n1,x\n" + b"9" * (2 * 2**20) + b",y\n3,z\n"
+    with pytest.raises(DataError, match="line 3 is 2 MB long, more than data.max_line_mb"):
+        _check_lines("t.csv", long, max_line_mb=1, block=block)
