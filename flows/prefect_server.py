@@ -20,6 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TEMPORARY_HOME = REPO / ".torchyard" / "prefect"  # a temporary server's state, inside the project (not ~/.prefect)
 STACK_STATE = REPO / ".torchyard" / "stack"  # scripts/local_stack.py writes server.url and server.home here
 START_TIMEOUT = float(os.environ.get("TORCHYARD_PREFECT_START_TIMEOUT", "300"))  # a cap; a dead server fails at once
 
@@ -127,6 +128,9 @@ def connect(env=os.environ) -> tuple[str, TemporaryServer | None, str]:
     if stack:
         env["PREFECT_API_URL"] = stack
         return stack, None, "the local stack (make demo)"
+    if not env.get("PREFECT_HOME"):  # the server's SQLite database and this process's Prefect files stay here
+        TEMPORARY_HOME.mkdir(parents=True, exist_ok=True)
+        env["PREFECT_HOME"] = str(TEMPORARY_HOME)
     server = TemporaryServer(env)
     env["PREFECT_API_URL"] = server.api_url
     env["PREFECT_UI_URL"] = ""

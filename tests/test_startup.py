@@ -110,6 +110,20 @@ def test_a_temporary_server_starts_answers_and_stops(tmp_path):
     assert server.process.poll() is not None and not prefect_server.answers(url)
 
 
+def test_a_temporary_server_keeps_its_state_in_the_project_not_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(prefect_server, "TEMPORARY_HOME", tmp_path / "project-prefect")
+    monkeypatch.setattr(prefect_server, "local_stack_url", lambda env: None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_PROFILES_PATH"] = str(tmp_path / "no-profiles.toml")
+    url, server, source = prefect_server.connect(env)
+    try:
+        assert source == "a temporary server" and env["PREFECT_HOME"] == str(tmp_path / "project-prefect")
+        server.wait()
+        assert list((tmp_path / "project-prefect").glob("*.db")), "the server's database is in the project folder"
+    finally:
+        server.stop()
+
+
 def test_a_configured_url_that_does_not_answer_gets_a_temporary_server_and_says_so(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, "PREFECT_API_URL": dead, "PREFECT_HOME": str(tmp_path / "prefect")}
