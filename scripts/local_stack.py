@@ -7,6 +7,7 @@ train-flow deployed from prefect.yaml. Used by `make demo`/`make stop` and by th
 """
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,40 +149,76 @@ def down() -> None:
 def demo(port: int, deployment: str) -> int:
     env = up(port)
     print(f"running train-flow/{deployment} ...", flush=True)
-    watch = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", f"train-flow/{deployment}",
-                            "--watch"], env=env, cwd=REPO)
+    watch = subprocess.Popen([sys.executable, "-m", "prefect", "deployment", "run", f"train-flow/{deployment}",
+                              "--watch"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    flow_run_id = None
+    for line in watch.stdout:  # shown as it comes; the flow run's id says which MLflow run to summarise
+        print(line, end="", flush=True)
+        found = re.search(r"UUID: ([0-9a-f-]{36})", line)
+        flow_run_id = flow_run_id or (found and found.group(1))
+    watch.wait()
     print()
     print(f"Prefect UI:  http://127.0.0.1:{port}/runs  (flow runs, task runs, the train-summary artifact)")
     print("MLflow UI:   make mlflow-ui, then http://127.0.0.1:5000  (store: mlflow/)")
-    print(latest_model_summary(env) or "Registered:  none (see the flow run's logs in the Prefect UI)")
+    summary = subprocess.run([sys.executable, "-c", "import sys; from scripts.local_stack import print_summary; "
+                              "print_summary(sys.argv[1])", flow_run_id or ""], env=env, cwd=REPO,
+                             capture_output=True, text=True)
+    print(summary.stdout.strip() or "Registered:  none (see the flow run's logs in the Prefect UI)")
     print("Stop the stack: make stop")
     return watch.returncode
 
 
-_SUMMARY = """
-from urllib.parse import urlparse
-from tasks import tracking
-client = tracking.configure()
-version = max(client.search_model_versions(), key=lambda m: m.creation_timestamp, default=None)
-if version:
-    try:  # the champion of the newest model name (a retraining run may have registered a version that lost)
-        version = client.get_model_version_by_alias(version.name, "champion")
+def run_summary(client, flow_run_id: str, out_dir: Path) -> list[str]:
+    """What a demo run produced: the champion of the model that this flow run trained (not the newest model of the
+    store), its test metrics, and working commands to predict with and serve it. A few raw rows of the run's own
+    data are written to `out_dir` for the Predict command (tables and texts)."""
+    from urllib.parse import urlparse
+
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`prefect.flow_run_id` = '{flow_run_id}'", max_results=1)
+    if not runs:
+        return []
+    run = runs[0]
+    if "registered_model" not in run.data.tags:
+        reason = run.data.tags.get("promotion.reason") or run.data.tags.get("failure_reason") or "see its logs"
+        return [f"Registered:  nothing new in this run ({reason})"]
+    name = run.data.tags["registered_model"].rsplit("/", 1)[0]
+    try:  # a version that lost to the champion is registered but not served
+        version = client.get_model_version_by_alias(name, "champion")
     except Exception:
-        pass
-    run = client.get_run(version.run_id)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.data.metrics.items()) if k.startswith("test_"))
-    model_file = urlparse(run.info.artifact_uri).path + "/model_file/model.pth"
-    print(f"Champion:    models:/{version.name}/{version.version} (run {version.run_id})")
-    print(f"Test split:  {metrics}")
-    print(f"Predict:     python predict.py --model_fn {model_file} --input rows.csv")
-    print(f"Serve:       make serve MODEL={version.name}  (its @champion; API docs on http://127.0.0.1:8000/docs)")
-"""
+        version = client.get_model_version(name, run.data.tags["registered_model"].rsplit("/", 1)[1])
+    champion = client.get_run(version.run_id)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(champion.data.metrics.items()) if k.startswith("test_"))
+    model_file = urlparse(champion.info.artifact_uri).path + "/model_file/model.pth"
+    python = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
+    lines = [f"Champion:    models:/{name}/{version.version} (run {version.run_id})", f"Test split:  {metrics}"]
+    rows = sample_rows(champion, out_dir / f"{name}-rows.csv")
+    if rows:
+        lines.append(f"Predict:     {python} predict.py --model_fn {model_file} --input {rows}")
+    lines.append(f"Serve:       make serve MODEL={name}  (its @champion; API docs on http://127.0.0.1:8000/docs)")
+    return lines
 
 
-def latest_model_summary(env: dict) -> str:
-    """The champion of the newest registered model, its test metrics and model file, read from the MLflow store."""
-    result = subprocess.run([sys.executable, "-c", _SUMMARY], env=env, cwd=REPO, capture_output=True, text=True)
-    return result.stdout.strip()
+def sample_rows(run, path: Path, n: int = 5) -> Path | None:
+    """The first rows of the run's source without its target, as predict.py's input; None for image folders."""
+    from preprocessing.sources import read_table
+
+    params = run.data.params
+    try:
+        frame = read_table(params["collect.source"])
+    except Exception:  # an image folder, or a file that has moved since
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.drop(columns=[params.get("validate.target", "target")], errors="ignore").head(n).to_csv(path, index=False)
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def print_summary(flow_run_id: str) -> None:
+    from tasks import tracking
+
+    if flow_run_id:
+        print("\n".join(run_summary(tracking.configure(), flow_run_id, STATE / "demo")))
 
 
 def main() -> int:

@@ -3,7 +3,9 @@ deployments of prefect.yaml, `prefect deployment run ... --watch`, then the MLfl
 import json
 import os
 import re
+import shlex
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,8 +15,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import free_port
-from scripts.local_stack import deploy, prefect, stack_env, start_server, start_worker, stop
+from tests.conftest import REPO, free_port
+from scripts.local_stack import deploy, prefect, run_summary, stack_env, start_server, start_worker, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +63,15 @@ def test_deployment_run_completes_and_is_tracked(stack):
     assert run.data.tags["prefect.flow_run_url"].startswith(env["PREFECT_UI_URL"])
     (version,) = client.search_model_versions("name = 'wine-mlp'")
     assert version.run_id == run.info.run_id
+
+    # what `make demo` prints after the run: this run's model, and a Predict command that works as printed
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", log).group(1)
+    lines = run_summary(client, flow_run_id, REPO / ".torchyard" / "test-demo")
+    assert lines[0] == f"Champion:    models:/wine-mlp/{version.version} (run {run.info.run_id})", lines
+    (predict_line,) = [line for line in lines if line.startswith("Predict:")]
+    predicted = subprocess.run(shlex.split(predict_line.removeprefix("Predict:")), cwd=REPO, capture_output=True,
+                               text=True, timeout=300)
+    assert predicted.returncode == 0 and len(predicted.stdout.strip().splitlines()) == 6, predicted.stderr[-2000:]
 
     import mlflow.onnx
 
