@@ -73,6 +73,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts: the kernel sends it SIGTERM when train.py dies, even by kill -9,
+    so no temporary server outlives the run that started it (Linux's PR_SET_PDEATHSIG; it follows the thread that
+    started the server, which is train.py's main thread)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class TemporaryServer:
     """Prefect's temporary API server in a child process; `wait()` until it answers, `stop()` when done."""
 
@@ -87,7 +97,8 @@ class TemporaryServer:
                       "PREFECT__SERVER_FINAL": "1"}
         server_env.pop("PREFECT_API_URL", None)
         self.started = time.monotonic()
-        self.process = subprocess.Popen(command, env=server_env, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(command, env=server_env, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.ready_seconds: float | None = None
 
     def wait(self, timeout: float = START_TIMEOUT) -> float:

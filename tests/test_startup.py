@@ -4,6 +4,7 @@ timings are bench/bench_startup.py's."""
 import http.server
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -122,6 +123,38 @@ def test_a_temporary_server_keeps_its_state_in_the_project_not_the_home_folder(t
         assert list((tmp_path / "project-prefect").glob("*.db")), "the server's database is in the project folder"
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_temporary_server_does_not_outlive_a_killed_train_py(tmp_path):
+    parent = ("import os, sys, time\nfrom flows import prefect_server\n"
+              "server = prefect_server.TemporaryServer(os.environ)\nserver.wait()\n"
+              "print(server.process.pid, flush=True)\ntime.sleep(600)\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(process.stdout.readline())
+        os.kill(process.pid, signal.SIGKILL)  # kill -9: no atexit, no finally
+        process.wait()
+        deadline = time.monotonic() + 60
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server_pid), "the temporary Prefect server outlived the process that started it"
+    finally:
+        process.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # not our child: raises; reaped zombies are gone either way
+    except ChildProcessError:
+        pass
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
 
 
 def test_a_configured_url_that_does_not_answer_gets_a_temporary_server_and_says_so(tmp_path):
