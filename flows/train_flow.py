@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.settings import PREFECT_UI_URL  # noqa: E402
 
+from flows import recovery  # noqa: E402
 from flows.config import ExportConfig, PromoteConfig, RunConfig  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
@@ -85,6 +86,11 @@ def train_flow(
             tags=_run_tags(config, run_key)) as run:
         run_id = run.info.run_id
         logger.info(f"MLflow run {run_id} in experiment '{config.experiment_name}' ({tracking.tracking_uri()})")
+        tracking.set_tags(run_id, recovery.process_tags())
+        orphans = recovery.claim_orphans(client, experiment_id, run_id, config.config_hash())
+        for orphan in orphans:
+            logger.warning(f"run {orphan.info.run_id} of this config was left running by a process that is gone "
+                           "(killed or crashed): marked KILLED")
         try:
             writable_folder(work_dir, "the work folder (TORCHYARD_WORK_DIR)")
             if config.model_fn:  # fail now, not after training
@@ -96,6 +102,10 @@ def train_flow(
                 champion = unchanged_since_champion(config.model_name, snapshot.fingerprint, config.config_hash())
                 if champion is not None:
                     return _no_new_data(config, champion, run_id, experiment_id, work_dir, logger)
+            resumed = recovery.take_checkpoint(client, orphans, snapshot.fingerprint, work_root(),
+                                               work_dir / "checkpoints", run_id)
+            if resumed:
+                logger.info(f"same data and config as the killed run {resumed}: training resumes from its checkpoint")
             validated, splits, prepared = prepare(config, snapshot, run_id)
             primary_metric = config.promote.metric_for(validated.schema["task"])
             baseline = baseline_task(validated, splits, prepared, config.baseline, config.seed, run_id)
