@@ -38,7 +38,13 @@ def main(argv=None) -> int:
 
     registry = None
     if registry_uri(args.model):  # registry references are resolved through MLflow; files need neither
-        from tasks import registry
+        from tasks import registry, tracking
+
+        try:
+            tracking.check_reachable()
+        except tracking.TrackingUnavailable as exc:
+            print(f"error: cannot serve {args.model}: {exc}", file=sys.stderr)
+            return 2
 
     settings = ServeSettings(model=args.model, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                              max_image_side=args.max_image_side, reload_interval=args.reload_interval)

@@ -248,7 +248,8 @@ def finish(server, code: int) -> int:
         try:
             step()
         except Exception as exc:  # a failed flush is reported; it must not hide the run's own exit code
-            print(f"warning: at exit: {type(exc).__name__}: {exc}", file=sys.stderr)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            print(f"warning: at exit: {type(exc).__name__}: {first_line}", file=sys.stderr)
             code = code or 1
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -55,11 +55,41 @@ def check_reachable(timeout: float = 5.0) -> None:
             raise TrackingUnavailable(f"the MLflow tracking server {uri} is unreachable ({reason}); start it or "
                                       "point MLFLOW_TRACKING_URI at one that runs") from None
     elif parsed.scheme == "sqlite":
-        folder = Path(parsed.path).parent
+        folder = Path(uri.split(":///", 1)[1]).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrackingUnavailable(f"cannot create the MLflow store folder {folder}: {exc.strerror}") from None
+        check_sqlite_store(Path(uri.split(":///", 1)[1]))  # SQLAlchemy's rule: absolute when it starts with "/"
+
+
+def check_sqlite_store(path: Path, full_check_below_mb: int = 256) -> None:
+    """TrackingUnavailable naming the file when a local SQLite store is not a database or is damaged (SQLAlchemy's
+    traceback said neither which file nor what to do). PRAGMA quick_check reads the whole file, so it runs on
+    stores up to `full_check_below_mb`; larger ones get the header check only."""
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # MLflow creates it
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if path.stat().st_size < full_check_below_mb * 2**20:
+                result = db.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(result)
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return  # busy, not broken: MLflow waits for it
+        raise _damaged(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: Exception) -> TrackingUnavailable:
+    return TrackingUnavailable(f"the MLflow store {path} is damaged ({exc}); restore it from a backup, or move it "
+                               f"aside (mv {path} {path}.broken) and a new, empty store is created on the next run "
+                               "(the artifacts beside it are not touched)")
 
 
 def record_failure(run_id: str, exc: BaseException) -> str:

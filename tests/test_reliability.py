@@ -33,6 +33,17 @@ def test_unreachable_tracking_server_fails_in_seconds_naming_the_uri(tmp_path):
     print(f"failed after {elapsed:.1f} s (including the temporary Prefect server's start)")
 
 
+def test_a_damaged_mlflow_store_is_named_with_what_to_do_in_train_py_and_serving(tmp_path):
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(b"SQLite format 3\x00" + os.urandom(8192))  # the header survived, the pages did not
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PREFECT_HOME": str(tmp_path / "prefect")}
+    for command in (["train.py", "--n_epochs", "1"], ["serve.py", "--model", "models:/wine-mlp@champion"]):
+        done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert f"the MLflow store {store} is damaged" in done.stderr and f"mv {store} {store}.broken" in done.stderr
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_an_unwritable_model_folder_fails_before_training_and_is_recorded(tmp_path, mlflow_client, fast_train):
     from flows.train_flow import train_flow
