@@ -12,7 +12,8 @@ from pathlib import Path
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Predict with a torchyard model file on ONNX Runtime.")
-    p.add_argument("--model_fn", required=True, help="model file written by train.py --model_fn (.pth)")
+    p.add_argument("--model_fn", required=True, help="model file written by train.py --model_fn (.pth, or the "
+                   ".onnx beside it); checked completely, with one prediction on a sample input, before use")
     p.add_argument("--input", required=True, nargs="+", help="rows to predict: a CSV/Parquet/JSON-lines path or "
                    "URL; for an image model: image files, folders (searched recursively) or manifests")
     p.add_argument("--output", help="write here (.csv, .parquet or .jsonl); default: CSV on stdout")
@@ -48,7 +49,13 @@ def main(argv=None) -> int:
     except TorchyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    skipped = predictions.attrs.get("skipped", [])
+    for path, reason in skipped:  # listed, not fatal: the readable ones are predicted (as training skips them)
+        print(f"skipped: {reason}", file=sys.stderr)
     write(predictions, args.output)
+    if skipped:
+        print(f"warning: {len(skipped)} of {len(predictions) + len(skipped)} input(s) could not be read and have "
+              "no prediction", file=sys.stderr)
     if args.output:
         print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
     return 0

@@ -94,6 +94,9 @@ def train_flow(
         try:
             writable_folder(work_dir, "the work folder (TORCHYARD_WORK_DIR)")
             if config.model_fn:  # fail now, not after training
+                if Path(config.model_fn).expanduser().is_dir():
+                    raise TorchyardError(f"model_fn {config.model_fn} is a folder; give the model file's name, e.g. "
+                                         f"{Path(config.model_fn) / 'model.pth'}")
                 writable_folder(Path(config.model_fn).expanduser().resolve().parent, "the model_fn folder")
             collect = collect_task.with_options(retries=config.data.read_retries,
                                                 retry_delay_seconds=config.data.retry_delay_seconds)

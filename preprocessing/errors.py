@@ -14,6 +14,16 @@ class DataError(TorchyardError):
     """The data cannot be read or does not fit the configuration."""
 
 
+def rows_text(numbers, limit: int = 5) -> str:
+    """'data row 7' or 'data rows 2, 5, 9, 11, 12 and 40 more': the first few of many 1-based row numbers."""
+    numbers = [int(n) for n in numbers]
+    if len(numbers) == 1:
+        return f"data row {numbers[0]}"
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    more = f" and {len(numbers) - limit} more" if len(numbers) > limit else ""
+    return f"data rows {shown}{more}"
+
+
 def user_facing(exc: BaseException) -> TorchyardError | None:
     """The TorchyardError behind `exc` (itself, or in its cause/context chain), if there is one."""
     seen = set()

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from preprocessing.config import DataConfig, TabularConfig
 from preprocessing.errors import DataError
 from preprocessing.split import SPLITS
-from preprocessing.tabular import TabularFit, TabularTransform
+from preprocessing.tabular import TabularFit, TabularTransform, check_float32, row_numbers
 from preprocessing.validate import (MAX_CLASSES_FOR_INTEGER_TARGET, MIN_ROWS_PER_CLASS, TableSchema,
                                     check_class_counts, check_target, decide_task, feature_candidates,
                                     is_numeric_feature, numeric_target, usable_features)
@@ -140,6 +140,9 @@ def validate_stream(stream: ParquetStream, config: DataConfig) -> TableSchema:
             values[column] += int(present.sum())
             if present.any():
                 numeric[column] = is_numeric_feature(frame[column], column, name, first)
+                if numeric[column]:  # values float32 cannot hold, named by the file's data row
+                    present_values = frame[column].to_numpy(dtype="float64", na_value=0.0)
+                    check_float32(present_values, column, name, frame[column], first + row_numbers(frame))
         labels = frame[target]
         keep = labels.notna().to_numpy()
         null_targets += int((~keep).sum())
@@ -147,7 +150,8 @@ def validate_stream(stream: ParquetStream, config: DataConfig) -> TableSchema:
         dtype = labels.dtype
         numbers = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
         if config.task == "regression" or (config.task == "auto" and numbers):
-            numeric_target(labels, target, name, first)  # infinities or text: raises naming the row
+            numbers_ = numeric_target(labels, target, name, first)  # infinities or text: raises naming the row
+            check_float32(numbers_.to_numpy(dtype="float64"), target, name, labels, first + row_numbers(labels))
         if len(distinct) <= MAX_CLASSES_FOR_INTEGER_TARGET:
             distinct.update(labels.unique().tolist())
         if config.task == "classification" or (config.task == "auto" and (
@@ -248,6 +252,7 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
         for first, batch in stream.batches():
             where = assignment[first:first + batch.num_rows]
             frame = to_frame(batch)
+            frame.index = pd.RangeIndex(first, first + len(frame))  # errors name the file's data row
             for index, name in enumerate(SPLITS):
                 mask = where == index
                 if not mask.any():

@@ -9,13 +9,53 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.config import TabularConfig
-from preprocessing.errors import DataError
+from preprocessing.errors import DataError, rows_text
 from preprocessing.summaries import CategoricalSummary, NumericSummary, as_text
 from preprocessing.targets import TargetCodec, fit_target
 from preprocessing.validate import TableSchema
 
 MISSING = "__missing__"
 UNKNOWN = "__unknown__"
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model's inputs are float32: about 3.4e38
+
+
+def check_float32(values: np.ndarray, column: str, name: str, raw: pd.Series | None = None,
+                  row_numbers: np.ndarray | None = None, scaled: bool = False) -> None:
+    """DataError naming the column and the first rows when a value is beyond float32's range (or not finite):
+    the model computes in float32, where such a value becomes infinity and the outputs NaN. `row_numbers`: the
+    1-based data row of each value (default: its position + 1); `raw`: the values as given, for the message."""
+    bad = ~(np.abs(values) <= FLOAT32_MAX)  # NaN (nothing to impute it with) counts as bad too
+    if not bad.any():
+        return
+    positions = np.flatnonzero(bad)
+    numbers = positions + 1 if row_numbers is None else np.asarray(row_numbers)[positions]
+    shown = raw.iloc[positions[0]] if raw is not None else values[positions[0]]
+    shown = shown.item() if isinstance(shown, np.generic) else shown
+    what = "a value" if len(positions) == 1 else f"{len(positions)} values"
+    where = " after scaling with the training statistics" if scaled else ""
+    raise DataError(f"column '{column}' in {name} has {what} too large for float32, the model's number type "
+                    f"(at most {FLOAT32_MAX:.3g} in magnitude{where}), at {rows_text(numbers)} "
+                    f"(first: {shown!r}); remove or rescale such values (e.g. a log scale)")
+
+
+def check_ranges(frame: pd.DataFrame, schema: TableSchema, name: str, first_row: int = 0) -> None:
+    """check_float32 on the numeric feature columns of raw rows (and on a regression target), so that training
+    stops at validation naming the file's data row; nulls are fine (they are imputed or dropped)."""
+    columns = list(schema.numeric) + ([schema.target] if schema.task == "regression" else [])
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        values = np.where(np.isnan(values), 0.0, values)  # nulls (and text, which validation reports) pass here
+        check_float32(values, column, name, frame[column], first_row + row_numbers(frame))
+
+
+def row_numbers(frame: pd.DataFrame) -> np.ndarray:
+    """The 1-based data row of each row of `frame` for messages: its integer index label + 1 (a split, a chunk of
+    a request or a record batch keeps the labels of the rows it came from), else its position + 1."""
+    if pd.api.types.is_integer_dtype(frame.index.dtype):
+        return frame.index.to_numpy(dtype=np.int64) + 1
+    return np.arange(1, len(frame) + 1)
 
 
 def fit(train: pd.DataFrame, schema: TableSchema, config: TabularConfig) -> dict:
@@ -154,19 +194,22 @@ class TabularTransform(TargetCodec):
         if not specs:
             return np.zeros((len(frame), 0), dtype=np.float32)
         out = np.empty((len(frame), len(specs)), dtype=np.float64)
+        numbers = row_numbers(frame)
         for j, spec in enumerate(specs):
             column = frame[spec["name"]]
             values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
             bad = np.isnan(values) & column.notna().to_numpy()
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise DataError(f"column '{spec['name']}' in {name} must be numeric but data row {row + 1} has "
+                raise DataError(f"column '{spec['name']}' in {name} must be numeric but data row {numbers[row]} has "
                                 f"{column.iloc[row]!r}")
             if np.isinf(values).any():
                 row = int(np.flatnonzero(np.isinf(values))[0])
-                raise DataError(f"column '{spec['name']}' in {name} has an infinite value at data row {row + 1}")
+                raise DataError(f"column '{spec['name']}' in {name} has an infinite value at data row {numbers[row]}")
             values[np.isnan(values)] = spec["fill"]
-            out[:, j] = (values - spec["center"]) / spec["scale"]
+            with np.errstate(over="ignore", invalid="ignore"):  # what overflows is reported just below
+                out[:, j] = (values - spec["center"]) / spec["scale"]
+            check_float32(out[:, j], spec["name"], name, column, numbers, scaled=True)
         return out
 
     def _categorical(self, column: pd.Series, spec: dict) -> np.ndarray:

@@ -9,10 +9,18 @@
 
 The request model of /predict is built from the loaded model's input schema (its columns and their types), so the
 OpenAPI document says exactly what to send. Every error is a 4xx with a message; nothing leaks a traceback.
+
+Bounded work per request: the body's size is checked as it arrives (max_body_bytes), the number of rows, texts or
+images before any of them is validated (max_batch), and an error body lists at most MAX_ERRORS problems. Decoding,
+validation, preprocessing and ONNX Runtime run on worker threads, never on the event loop, so /health answers while
+a large request is being worked on. A model replaces the served one only after a complete check
+(serving.inference.load_checked: the file's fields, the preprocessing state, the ONNX graph, one prediction).
 """
 import base64
 import binascii
+import email.message
 import io
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -24,13 +32,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from preprocessing.errors import TorchyardError
-from serving.inference import Predictor
-from serving.registry import ModelRef, Registry, current_version, resolve
+from serving.inference import Predictor, load_checked
+from serving.registry import ModelRef, Registry, current_version, registry_uri, resolve
 
 log = logging.getLogger("torchyard.serving")
+MAX_ERRORS = 20  # validation errors listed in one response; the rest are counted
 
 
 class ServeSettings(BaseModel):
@@ -39,7 +48,8 @@ class ServeSettings(BaseModel):
     model: str = Field(description="models:/<name>@<alias>, models:/<name>/<version>, a bare registered name "
                        "(its @champion), or a .pth/.onnx path")
     max_body_bytes: int = Field(10 * 2 ** 20, ge=1, description="Largest request body accepted (413 above).")
-    max_batch: int = Field(1024, ge=1, description="Most rows, texts or images per request (413 above).")
+    max_batch: int = Field(1024, ge=1, description="Most rows, texts or images per request (413 above; counted "
+                           "before any row is validated).")
     max_image_side: int = Field(4096, ge=1, description="Largest image width or height accepted (413 above).")
     reload_interval: float = Field(0.0, ge=0, description="Seconds between checks of the registry alias for a new "
                                    "version (0: only POST /reload).")
@@ -59,7 +69,8 @@ class Loaded:
 def load(reference: str, registry: Registry | None = None) -> Loaded:
     """The model at `reference`; registry references need `registry` (python -m serving passes MLflow's)."""
     bundle, ref = resolve(reference, registry)
-    predictor = Predictor(bundle)
+    source = reference if registry_uri(reference) is None else f"{ref.uri} (version {ref.version})"
+    predictor = load_checked(bundle, source)  # everything checked, one prediction made, before it is served
     return Loaded(predictor, ref, predictor.kind.input_schema(predictor.transform))
 
 
@@ -116,7 +127,11 @@ class _State:
     def reload(self) -> dict:
         with self.lock:
             previous = self.current
-            fresh = load(self.settings.model, self.registry)
+            try:
+                fresh = load(self.settings.model, self.registry)
+            except TorchyardError as exc:  # a model that fails its check never replaces the served one
+                raise ReloadRefused(f"not reloaded, still serving version {previous.ref.version or 'from the file'}"
+                                    f" as loaded before: {exc}") from None
             if fresh.schema != previous.schema:
                 raise SchemaChanged(f"{fresh.ref.uri} version {fresh.ref.version} takes different inputs than the "
                                     "model being served; restart the server to serve it")
@@ -131,6 +146,10 @@ class SchemaChanged(TorchyardError):
     """The new model takes different inputs (409)."""
 
 
+class ReloadRefused(TorchyardError):
+    """The model at the reference failed its check; the served one stays (409)."""
+
+
 def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: Registry | None = None) -> FastAPI:
     loaded = loaded or load(settings.model, registry)
     state = _State(settings, loaded, registry)
@@ -142,7 +161,7 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
     _error_handlers(app)
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop, which no request's work occupies: it answers at once
         ref = state.current.ref
         return {"status": "ok", "model_loaded": state.current is not None, "model": ref.name, "version": ref.version}
 
@@ -166,31 +185,41 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
 def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
     request_model = rows_request(schema)
 
-    @app.post("/predict", response_model=PredictResponse)
-    def predict_rows(body: request_model) -> dict:
-        current = state.current
-        _check_batch(len(body.rows), settings)
+    def predict(current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
+        body = _validated(raw, content_type, request_model, "rows", settings)
         frame = pd.DataFrame([row.model_dump(by_alias=True) for row in body.rows],
                              columns=[c["name"] for c in current.schema["columns"]])
         return _respond(current, current.predictor.predict(frame, "the request"))
 
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(request_model))
+    async def predict_rows(request: Request) -> JSONResponse:
+        current = state.current
+        raw = await request.body()  # bounded by BodyLimit; everything after it runs on a worker thread
+        return await run_in_threadpool(predict, current, raw, request.headers.get("content-type"))
+
 
 def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
-    @app.post("/predict", response_model=PredictResponse)
-    def predict_texts(body: TextRequest) -> dict:
-        current = state.current
-        _check_batch(len(body.texts), settings)
+    def predict(current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
+        body = _validated(raw, content_type, TextRequest, "texts", settings)
         frame = pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
         return _respond(current, current.predictor.predict(frame, "the request"))
 
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(TextRequest))
+    async def predict_texts(request: Request) -> JSONResponse:
+        current = state.current
+        raw = await request.body()
+        return await run_in_threadpool(predict, current, raw, request.headers.get("content-type"))
+
 
 def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
+    def predict(current: Loaded, names: list[str], files: list[bytes]) -> JSONResponse:
+        return _respond(current, current.predictor.predict_images(files, names=names).drop(columns="path"))
+
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
-    async def predict_images(request: Request) -> dict:
+    async def predict_images(request: Request) -> JSONResponse:
         current = state.current
         names, files = await _read_images(request, settings)
-        table = await run_in_threadpool(current.predictor.predict_images, files, names=names)
-        return _respond(current, table.drop(columns="path"))
+        return await run_in_threadpool(predict, current, names, files)
 
 
 # /predict by what a request holds (a kind's input_schema()["kind"]): rows, texts or images
@@ -202,7 +231,109 @@ def _check_batch(size: int, settings: ServeSettings) -> None:
         raise TooLarge(f"a batch of {size} exceeds the limit of {settings.max_batch} per request (--max-batch)")
 
 
-def _respond(current: Loaded, table: pd.DataFrame) -> dict:
+def _validated(raw: bytes, content_type: str | None, model: type[BaseModel], items: str, settings: ServeSettings):
+    """The request body as `model`, decoded as FastAPI would (JSON unless another content type is declared). The
+    number of `items` is checked first, so an oversized batch costs one JSON parse, not one validation error per
+    missing field of every row. Runs on a worker thread."""
+    data: Any = raw
+    if raw and _is_json(content_type):
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(exc, "pos", 0)),
+                                           "msg": "JSON decode error"}]) from None
+    values = data.get(items) if isinstance(data, dict) else None
+    if not isinstance(values, list) or len(values) <= VALIDATION_CHUNK:
+        if isinstance(values, list):
+            _check_batch(len(values), settings)
+        try:
+            return model.model_validate(data, from_attributes=True)
+        except ValidationError as exc:
+            raise RequestValidationError(_capped(_errors(exc), exc.error_count())) from None
+    _check_batch(len(values), settings)
+    # many items: the envelope is validated once (with the first item), then the items VALIDATION_CHUNK at a time,
+    # so that the event loop's thread gets the GIL between chunks (pydantic holds it for a whole call); at most
+    # MAX_ERRORS errors are kept, however many there are
+    kept, total, envelope = [], 0, None
+    try:
+        envelope = model.model_validate({**data, items: values[:1]}, from_attributes=True)
+    except ValidationError as exc:
+        for error in _errors(exc):
+            if not (len(error["loc"]) > 2 and error["loc"][1] == items):  # the first item is validated below
+                kept.append(error)
+                total += 1
+    adapter = _item_adapter(model, items)
+    validated = []
+    for start in range(0, len(values), VALIDATION_CHUNK):
+        try:
+            validated += adapter.validate_python(values[start:start + VALIDATION_CHUNK], from_attributes=True)
+        except ValidationError as exc:
+            total += exc.error_count()
+            if len(kept) < MAX_ERRORS:
+                kept += [{**e, "loc": ("body", items, e["loc"][0] + start, *e["loc"][1:])}
+                         for e in exc.errors(include_url=False, include_context=False)[:MAX_ERRORS - len(kept)]]
+    if total:
+        raise RequestValidationError(_capped(kept, total))
+    return envelope.model_copy(update={items: validated})
+
+
+def _item_adapter(model: type[BaseModel], items: str) -> TypeAdapter:
+    """A validator of a list of `model`'s `items` (list[Row], list[str | None]...), made once per model."""
+    key = (model, items)
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = TypeAdapter(model.model_fields[items].annotation)
+    return _ADAPTERS[key]
+
+
+_ADAPTERS: dict = {}
+
+
+VALIDATION_CHUNK = 250  # items validated in one call (a few ms: the most the event loop waits for the GIL)
+
+
+def _errors(exc: ValidationError) -> list[dict]:
+    return [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+
+
+def _capped(errors: list[dict], total: int) -> list[dict]:
+    """The first MAX_ERRORS errors, and when there are more an entry that counts them all."""
+    listed = errors[:MAX_ERRORS]
+    if total > len(listed):
+        listed.append({"type": "too_many_errors", "loc": (),
+                       "msg": f"{total} errors in all; the first {len(listed)} are listed"})
+    return listed
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _json_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of a route that reads its JSON body itself (to count the rows before validating
+    them): `model`'s schema with its definitions inlined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+def _respond(current: Loaded, table: pd.DataFrame) -> JSONResponse:
+    """The response, rendered here on the worker thread (PredictResponse documents it)."""
     classes = current.predictor.classes
     probabilities = table[[f"proba_{c}" for c in classes]].to_numpy() if classes and len(table) else None
     predictions = []
@@ -211,7 +342,8 @@ def _respond(current: Loaded, table: pd.DataFrame) -> dict:
         if probabilities is not None:
             entry["probabilities"] = {str(c): float(p) for c, p in zip(classes, probabilities[i])}
         predictions.append(entry)
-    return {"predictions": predictions, "model": {"name": current.ref.name, "version": current.ref.version}}
+    return JSONResponse({"predictions": predictions,
+                         "model": {"name": current.ref.name, "version": current.ref.version}})
 
 
 async def _read_images(request: Request, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
@@ -224,19 +356,27 @@ async def _read_images(request: Request, settings: ServeSettings) -> tuple[list[
         names = [u.filename or f"files[{i}]" for i, u in enumerate(uploads)]
         files = [await u.read() for u in uploads]
     else:
+        raw = await request.body()
+        names, files = await run_in_threadpool(_decode_images, raw, settings)
+    await run_in_threadpool(_check_images, names, files, settings)
+    return names, files
+
+
+def _decode_images(raw: bytes, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
+    body = _validated(raw, None, ImageRequest, "images", settings)  # anything but multipart is read as JSON
+    names = body.names or [f"images[{i}]" for i in range(len(body.images))]
+    if len(names) != len(body.images):
+        raise RequestError(f"{len(names)} names for {len(body.images)} images")
+    files = []
+    for name, encoded in zip(names, body.images):
         try:
-            body = ImageRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
-        names = body.names or [f"images[{i}]" for i in range(len(body.images))]
-        if len(names) != len(body.images):
-            raise RequestError(f"{len(names)} names for {len(body.images)} images")
-        files = []
-        for name, encoded in zip(names, body.images):
-            try:
-                files.append(base64.b64decode(encoded, validate=True))
-            except (binascii.Error, ValueError):
-                raise RequestError(f"{name} is not valid base64") from None
+            files.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise RequestError(f"{name} is not valid base64") from None
+    return names, files
+
+
+def _check_images(names: list[str], files: list[bytes], settings: ServeSettings) -> None:
     _check_batch(len(files), settings)
     for name, data in zip(names, files):
         try:
@@ -247,7 +387,6 @@ async def _read_images(request: Request, settings: ServeSettings) -> tuple[list[
         if max(width, height) > settings.max_image_side:
             raise TooLarge(f"{name} is {width}x{height}; the largest side accepted is {settings.max_image_side} "
                            "(--max-image-side)")
-    return names, files
 
 
 class RequestError(TorchyardError):
@@ -264,12 +403,17 @@ def _image_body() -> dict:
 
 
 def _error_handlers(app: FastAPI) -> None:
-    status = {TooLarge: 413, SchemaChanged: 409}
+    status = {TooLarge: 413, SchemaChanged: 409, ReloadRefused: 409}
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        # what was wrong and where; the offending input is left out (it may be NaN, which JSON cannot carry)
-        detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        # what was wrong and where, for the first MAX_ERRORS problems; the offending input is left out (it may be
+        # NaN, which JSON cannot carry, or large)
+        errors = list(exc.errors())
+        if not (errors and errors[-1]["type"] == "too_many_errors"):  # not capped where it was raised
+            errors = _capped(errors, len(errors))
+        detail = [{"type": e["type"], "loc": [_short(part) for part in e["loc"]], "msg": _short(e["msg"])}
+                  for e in errors]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(TorchyardError)
@@ -280,6 +424,11 @@ def _error_handlers(app: FastAPI) -> None:
     async def bug(request: Request, exc: Exception):
         log.error(f"{request.method} {request.url.path} failed", exc_info=exc)
         return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
+def _short(value, limit: int = 200):
+    """A location part or message as sent back: strings cut to `limit` characters (a key may be long)."""
+    return value[:limit] + "..." if isinstance(value, str) and len(value) > limit else value
 
 
 class BodyLimit:

@@ -58,7 +58,8 @@ def onnx_metadata(data_type: str, task: str, preprocessing: dict, metrics: dict,
 
 
 def load_model_file(path: str | Path) -> ModelBundle:
-    """A model file (.pth) or an exported .onnx (with torchyard metadata) as the bundle Predictor takes."""
+    """A model file (.pth) or an exported .onnx (with torchyard metadata) as the bundle Predictor takes; every
+    field checked (ModelFileError naming the file and what is missing or wrong)."""
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         return load_bundle(path)
@@ -74,9 +75,20 @@ def load_model_file(path: str | Path) -> ModelBundle:
     if meta.get("torchyard.format") != FORMAT:
         raise ModelFileError(f"{path} has no torchyard preprocessing metadata; serve the .pth model file written "
                              "beside it, or an .onnx exported by torchyard")
-    return ModelBundle(onnx=path.read_bytes(), data_type=meta["torchyard.data_type"], task=meta["torchyard.task"],
-                       preprocessing=json.loads(meta["torchyard.preprocessing"]),
-                       metrics=json.loads(meta["torchyard.metrics"]), run=json.loads(meta["torchyard.run"]))
+    missing = [key for key in _ONNX_REQUIRED if key not in meta]
+    if missing:
+        raise ModelFileError(f"{path} has incomplete torchyard metadata: it lacks {', '.join(missing)}; export it "
+                             "again (train.py --model_fn writes both files)")
+    parsed = {}
+    for key in ("torchyard.preprocessing", "torchyard.metrics", "torchyard.run"):
+        try:
+            parsed[key] = json.loads(meta.get(key, "{}"))
+        except ValueError as exc:
+            raise ModelFileError(f"{path} has bad torchyard metadata: {key} is not valid JSON ({exc})") from None
+    bundle = ModelBundle(onnx=path.read_bytes(), data_type=meta["torchyard.data_type"], task=meta["torchyard.task"],
+                         preprocessing=parsed["torchyard.preprocessing"], metrics=parsed["torchyard.metrics"],
+                         run=parsed["torchyard.run"])
+    return check_fields(bundle, str(path))
 
 
 def load_bundle(path: str | Path) -> ModelBundle:
@@ -90,5 +102,39 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a torchyard model file (expected format {FORMAT}); "
                              "train one with train.py --model_fn")
-    bundle["onnx"] = bundle["onnx"].numpy().tobytes()
-    return ModelBundle.from_dict(bundle)
+    missing = [key for key in _REQUIRED if key not in bundle]
+    if missing:
+        raise ModelFileError(f"{path} is an incomplete torchyard model file: it lacks {', '.join(missing)}; "
+                             "train it again with train.py --model_fn")
+    onnx_bytes = bundle["onnx"]
+    if not isinstance(onnx_bytes, torch.Tensor) or onnx_bytes.dtype != torch.uint8 or onnx_bytes.dim() != 1:
+        raise ModelFileError(f"{path} is a damaged torchyard model file: its 'onnx' entry is not the ONNX model's "
+                             "bytes; train it again with train.py --model_fn")
+    bundle["onnx"] = onnx_bytes.numpy().tobytes()
+    return check_fields(ModelBundle.from_dict(bundle), str(path))
+
+
+_REQUIRED = ("onnx", "data_type", "task", "preprocessing")  # what Predictor needs; metrics, run, network optional
+_ONNX_REQUIRED = ("torchyard.data_type", "torchyard.task", "torchyard.preprocessing")
+TASKS = ("classification", "regression")
+
+
+def check_fields(bundle: ModelBundle, source: str) -> ModelBundle:
+    """The bundle, when its fields have the types and values a model needs; else ModelFileError naming `source`
+    and the field. (serving.inference.Predictor then checks the preprocessing state and the ONNX graph, and
+    Predictor.check() makes one prediction.)"""
+    from preprocessing.kinds import DATA_TYPES
+
+    problems = []
+    if bundle.data_type not in DATA_TYPES:
+        problems.append(f"data_type is {bundle.data_type!r}, not one of {', '.join(DATA_TYPES)}")
+    if bundle.task not in TASKS:
+        problems.append(f"task is {bundle.task!r}, not one of {', '.join(TASKS)}")
+    for name in ("preprocessing", "metrics", "run"):
+        if not isinstance(getattr(bundle, name), dict):
+            problems.append(f"{name} is a {type(getattr(bundle, name)).__name__}, not a mapping")
+    if not bundle.onnx:
+        problems.append("the ONNX model is empty")
+    if problems:
+        raise ModelFileError(f"{source} is not a usable torchyard model: {'; '.join(problems)}")
+    return bundle

@@ -1,8 +1,12 @@
 """Inference on ONNX Runtime from a model file: raw rows (tables, texts) or image files in, labels and
 probabilities out.
 
-predict.py and the REST API both go through Predictor, so there is one inference path to test.
+predict.py and the REST API both go through Predictor, so there is one inference path to test. A model is checked
+completely before it is used (`load_checked`: every field of the file, the preprocessing state, the ONNX graph and
+one prediction on a sample input built from its input schema), and a prediction that is not a finite number is an
+error naming the rows, never a null probability.
 """
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,29 +14,53 @@ import onnxruntime as ort
 import pandas as pd
 
 from preprocessing import kinds
-from serving.bundle import ModelBundle, load_bundle
+from preprocessing.errors import DataError, TorchyardError, rows_text
+from preprocessing.tabular import row_numbers
+from serving.bundle import ModelBundle, ModelFileError, load_model_file
+
 
 class Predictor:
-    def __init__(self, bundle: ModelBundle):
+    def __init__(self, bundle: ModelBundle, source: str = "the model"):
+        """ModelFileError naming `source` when the preprocessing state or the ONNX graph cannot be used."""
         self.bundle = bundle
+        self.source = source
         self.data_type = bundle.data_type
-        self.transform = kinds.transform_for(bundle.preprocessing)
-        self.kind = kinds.of(self.transform)
+        try:
+            self.transform = kinds.transform_for(bundle.preprocessing)
+            self.kind = kinds.of(self.transform)
+            self.classes  # noqa: B018 - the target's state is read on every prediction
+        except TorchyardError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            missing = f"the entry {exc} is missing" if isinstance(exc, KeyError) else _short(exc)
+            raise ModelFileError(f"{source} has an unusable preprocessing state ({missing}); train it again") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(bundle.onnx, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        try:
+            self.session = ort.InferenceSession(bundle.onnx, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's InvalidGraph, InvalidProtobuf, Fail...
+            raise ModelFileError(f"{source} holds an ONNX model that ONNX Runtime cannot load: {_short(exc)}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(self.session.get_outputs()) < 1:
+            raise ModelFileError(f"{source} holds an ONNX model with {len(inputs)} inputs and "
+                                 f"{len(self.session.get_outputs())} outputs; a torchyard model has one of each")
+        self.input_name = inputs[0].name
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
-        return cls(load_bundle(path))
+        """The model file at `path` (.pth, or an .onnx with torchyard metadata), checked (see load_checked)."""
+        return load_checked(load_model_file(path), str(path))
 
     @property
     def classes(self) -> list:
         return self.transform.target["classes"]
 
     def outputs(self, inputs: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: inputs})
+        (out,) = self.session.run(None, {self.input_name: inputs})[:1]
+        expected = 1 if self.bundle.task == "regression" else len(self.classes)
+        if out.ndim != 2 or out.shape[0] != len(inputs) or out.shape[1] != expected:
+            raise ModelFileError(f"{self.source} returned outputs of shape {list(out.shape)} for {len(inputs)} "
+                                 f"input(s); its preprocessing expects [{len(inputs)}, {expected}]")
         return out
 
     def predict(self, frame: pd.DataFrame, name: str = "input") -> pd.DataFrame:
@@ -41,19 +69,43 @@ class Predictor:
         if len(frame) == 0:
             return pd.DataFrame({"prediction": []})
         step = self.kind.predict_rows or len(frame)  # texts: batches bound [rows, tokens, width] activations
-        outputs = [self.outputs(self.transform.features(frame.iloc[i:i + step], name))
-                   for i in range(0, len(frame), step)]
+        numbers = row_numbers(frame)
+        outputs = []
+        for i in range(0, len(frame), step):
+            out = self.outputs(self.transform.features(frame.iloc[i:i + step], name))
+            outputs.append(_finite(out, lambda bad: f"{rows_text(numbers[i:i + step][bad])} of {name}"))
         return self._table(np.concatenate(outputs), frame.index)
 
     def predict_images(self, paths: list, batch_size: int = 256, names: list[str] | None = None) -> pd.DataFrame:
         """Images (file paths, or their bytes with `names`): one row per file, in the given order: `path`,
         `prediction`, `proba_<class>`..."""
         names = names or [str(p) for p in paths]
-        outputs = [self.outputs(self.transform.features(paths[i:i + batch_size], names[i:i + batch_size]))
-                   for i in range(0, len(paths), batch_size)]
+        outputs = []
+        for i in range(0, len(paths), batch_size):
+            out = self.outputs(self.transform.features(paths[i:i + batch_size], names[i:i + batch_size]))
+            outputs.append(_finite(out, lambda bad: ", ".join(np.asarray(names[i:i + batch_size])[bad][:5])))
         table = self._table(np.concatenate(outputs), pd.RangeIndex(len(paths)))
         table.insert(0, "path", names)
         return table
+
+    def check(self) -> "Predictor":
+        """One prediction on a sample input built from the input schema (null rows, a text, a grey image), with 1
+        and 2 inputs; ModelFileError naming the model when it fails. Cheap (milliseconds), and it is what tells a
+        model that loads from a model that serves."""
+        schema = self.kind.input_schema(self.transform)
+        try:
+            for size in (1, 2):
+                if schema["kind"] == "images":
+                    self.predict_images([_sample_image(schema)] * size, names=["a sample image"] * size)
+                elif schema["kind"] == "texts":
+                    self.predict(pd.DataFrame({schema["text_column"]: ["a sample text 1"] * size}), "a sample")
+                else:
+                    self.predict(pd.DataFrame({c["name"]: [None] * size for c in schema["columns"]}), "a sample")
+        except ModelFileError:
+            raise
+        except Exception as exc:  # a broken graph, a state that does not fit it, NaN weights...
+            raise ModelFileError(f"{self.source} failed one prediction on a sample input: {_short(exc)}") from None
+        return self
 
     def _table(self, outputs: np.ndarray, index) -> pd.DataFrame:
         labels, probabilities = self.transform.decode_predictions(outputs)
@@ -62,3 +114,39 @@ class Predictor:
             for j, label in enumerate(self.classes):
                 result[f"proba_{label}"] = probabilities[:, j].astype(np.float64)
         return result
+
+
+def load_checked(bundle: ModelBundle, source: str) -> Predictor:
+    """The Predictor of `bundle`, checked completely: what predict.py, the server's start and /reload use before a
+    model replaces the one in use. ModelFileError naming `source` and what is wrong."""
+    try:
+        return Predictor(bundle, source).check()
+    except ModelFileError:
+        raise
+    except TorchyardError as exc:  # e.g. a text pipeline version this torchyard cannot apply
+        raise ModelFileError(f"{source}: {exc}") from None
+
+
+def _finite(outputs: np.ndarray, where) -> np.ndarray:
+    """`outputs`, or DataError naming the inputs (`where(bad)` for the mask of bad rows) whose outputs are NaN or
+    infinite: with float32 inputs far beyond the training data a network's arithmetic overflows."""
+    bad = ~np.isfinite(outputs).all(axis=1)
+    if bad.any():
+        raise DataError(f"the model's output for {where(bad)} is not a finite number (NaN or infinity): the "
+                        "inputs there are probably far outside the range the model was trained on")
+    return outputs
+
+
+def _sample_image(schema: dict) -> bytes:
+    from PIL import Image
+
+    side = int(schema["image_size"])
+    mode = "L" if schema["channels"] == 1 else "RGB"
+    buffer = io.BytesIO()
+    Image.new(mode, (side, side), 128 if mode == "L" else (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -42,6 +42,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     served, targets = served_outputs(model, batch_source(prepared, transform, "test", batch_size=1024))
     target = transform.target
     work = Path(trained.network).parent  # this training's own folder (sweep trials run side by side)
+    extra, warning = [], None
     if target["task"] == "regression":
         truth = targets.double() * target["std"] + target["mean"]
         metrics = evaluation.test_metrics("regression", served, truth)
@@ -50,11 +51,20 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     else:
         metrics = evaluation.test_metrics("classification", served, targets)
         plot = work / "confusion_matrix.png"
-        evaluation.plot_confusion_matrix(evaluation.confusion_matrix(served, targets), target["classes"], plot)
+        # bounded whatever the class count: the most frequent classes only above evaluation.PLOT_CLASSES, and the
+        # whole matrix as CSV only up to evaluation.CSV_CLASSES
+        drawn = evaluation.confusion_artifacts(served, targets, target["classes"], plot,
+                                               work / "confusion_matrix.csv")
+        if drawn["csv"]:
+            extra.append(work / "confusion_matrix.csv")
+        warning = evaluation.class_count_warning(drawn["classes"], len(targets))
     tracking.log_metrics(run_id, metrics)
-    tracking.configure().log_artifact(run_id, str(plot), "evaluate")
+    for path in [plot, *extra]:
+        tracking.configure().log_artifact(run_id, str(path), "evaluate")
 
     logger = get_run_logger()
+    if warning:
+        logger.warning(warning)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     logger.info(f"test split: {summary}")
     compared = baseline_comparison(metrics, baseline, primary_metric, run_id, logger)

@@ -1,4 +1,5 @@
 """Images through train-flow and predict.py, against a temporary Prefect API and the session's MLflow store."""
+import io
 import subprocess
 import sys
 import uuid
@@ -79,6 +80,15 @@ def test_digits_sample_trains_exports_and_predicts(tmp_path, mlflow_client):
     assert list(preds.columns[:2]) == ["path", "prediction"] and len(preds.columns) == 12
     assert preds["path"].iloc[-1].endswith("7/0007.png") and len(preds) == len(list((folder / "4").iterdir())) + 1
     assert (preds["prediction"].iloc[:-1] == 4).mean() > 0.5
+
+    (folder / "4" / "broken.png").write_bytes((folder / "7" / "0007.png").read_bytes()[:40])  # a truncated file
+    result = subprocess.run([sys.executable, "predict.py", "--model_fn", str(model_fn), "--input", str(folder / "4")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "skipped: cannot read image" in result.stderr and "broken.png" in result.stderr
+    assert "1 of" in result.stderr and len(pd.read_csv(io.StringIO(result.stdout))) == len(preds) - 1
+    result = subprocess.run([sys.executable, "predict.py", "--model_fn", str(model_fn), "--input",
+                             str(folder / "4" / "broken.png")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "none of the 1 image(s)" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_corrupt_and_odd_files_are_skipped_listed_and_cached(tmp_path, mlflow_client):

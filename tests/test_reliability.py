@@ -60,6 +60,13 @@ def test_an_unwritable_model_folder_fails_before_training_and_is_recorded(tmp_pa
     assert run.info.status == "FAILED" and "cannot write to the model_fn folder" in run.data.tags["failure_reason"]
     assert "train_loss" not in run.data.metrics
 
+    folder = tmp_path / "models"
+    folder.mkdir()
+    state = train_flow(train=fast_train, model_fn=str(folder), experiment=f"rel-{uuid.uuid4().hex[:6]}",
+                       return_state=True)
+    assert state.is_failed() and "is a folder; give the model file's name" in state.message
+    assert "train_loss" not in mlflow_run(mlflow_client, state).data.metrics
+
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_cpu_thread_cap_is_applied_and_recorded(mlflow_client):

@@ -129,7 +129,27 @@ class Image(Kind):
         return pd.DataFrame({"path": image_paths(inputs, transform.config.path_column)})
 
     def predict_frame(self, predictor, frame, name="input"):
-        return predictor.predict_images(frame["path"].tolist())
+        """One row per readable file; files that cannot be read are left out and listed in attrs["skipped"] as
+        (path, reason), as training lists and skips them. DataError when none can be read."""
+        from preprocessing.errors import DataError
+
+        paths = frame["path"].tolist()
+        try:
+            return predictor.predict_images(paths)
+        except DataError:  # at least one bad file: predict file by file to find which (the slow path, once)
+            pass
+        tables, skipped = [], []
+        for path in paths:
+            try:
+                tables.append(predictor.predict_images([path]))
+            except DataError as exc:
+                skipped.append((str(path), str(exc)))
+        if not tables:
+            raise DataError(f"none of the {len(paths)} image(s) in {name} could be read; the first: "
+                            f"{skipped[0][1]}")
+        table = pd.concat(tables, ignore_index=True)
+        table.attrs["skipped"] = skipped
+        return table
 
     def fit_baseline(self, validated, splits, prepared, transform, config, seed):
         from training import baseline

@@ -12,7 +12,7 @@ import torch
 from preprocessing import streaming
 from preprocessing.kinds.base import Checked, Collected, Fitted, Kind, Record
 from preprocessing.steps import Prepared
-from preprocessing.tabular import TabularTransform
+from preprocessing.tabular import TabularTransform, check_ranges
 from preprocessing.validate import validate_table
 
 
@@ -38,7 +38,9 @@ class Table(Kind):
         if snapshot.memory_budget_mb:  # checked batch by batch; later steps read the snapshot (null targets skipped)
             stream = streaming.ParquetStream(snapshot.path, snapshot.memory_budget_mb, name=snapshot.source)
             return Checked(None, streaming.validate_stream(stream, settings.data))
-        frame, schema = validate_table(pd.read_parquet(snapshot.path), settings.data, snapshot.source)
+        raw = pd.read_parquet(snapshot.path)
+        frame, schema = validate_table(raw, settings.data, snapshot.source)
+        check_ranges(raw, schema, snapshot.source)  # values float32 cannot hold, by the file's data row
         return Checked(frame, schema)
 
     def prepare(self, validated, splits, settings, work, mapper=nullcontext):
