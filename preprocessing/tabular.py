@@ -142,7 +142,10 @@ def _numeric_state(summary: NumericSummary, name: str, config: TabularConfig) ->
     else:
         center, scale = 0.0, 1.0
     scale = scale if np.isfinite(scale) and scale > 0 else 1.0
-    return {"name": name, "fill": float(fill), "center": float(center), "scale": float(scale)}
+    spec = {"name": name, "fill": float(fill), "center": float(center), "scale": float(scale)}
+    if summary.count:  # the training range, for serving's train/serve skew gauge
+        spec["min"], spec["max"] = float(summary.low), float(summary.high)
+    return spec
 
 
 def _categorical_state(summary: CategoricalSummary, name: str, config: TabularConfig) -> dict:

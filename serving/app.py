@@ -30,12 +30,14 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from preprocessing.errors import TorchyardError
 from serving.inference import Predictor, load_checked
+from serving import scoring
+from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.registry import ModelRef, Registry, current_version, registry_uri, resolve
 
 log = logging.getLogger("torchyard.serving")
@@ -123,8 +125,26 @@ class _State:
     def __init__(self, settings: ServeSettings, loaded: Loaded, registry: Registry | None):
         self.settings, self.current, self.registry = settings, loaded, registry
         self.lock = threading.Lock()  # one reload at a time; requests never wait on it
+        self.metrics = ServingMetrics()
+        self._record_model()
+
+    def _record_model(self) -> None:
+        ref = self.current.ref
+        self.metrics.serving(ref.name, ref.version, ref.alias, self.current.predictor.data_type)
 
     def reload(self) -> dict:
+        try:
+            result = self._reload()
+        except (ReloadRefused, SchemaChanged):
+            self.metrics.reloads.labels("refused").inc()
+            raise
+        except Exception:
+            self.metrics.reloads.labels("failed").inc()
+            raise
+        self.metrics.reloads.labels("reloaded" if result["reloaded"] else "unchanged").inc()
+        return result
+
+    def _reload(self) -> dict:
         with self.lock:
             previous = self.current
             try:
@@ -136,6 +156,7 @@ class _State:
                 raise SchemaChanged(f"{fresh.ref.uri} version {fresh.ref.version} takes different inputs than the "
                                     "model being served; restart the server to serve it")
             self.current = fresh  # requests in flight keep their reference to the previous model
+            self._record_model()
         changed = (fresh.ref.version, fresh.ref.run_id) != (previous.ref.version, previous.ref.run_id)
         if changed:
             log.info(f"now serving {fresh.ref.uri} version {fresh.ref.version} (was {previous.ref.version})")
@@ -158,7 +179,13 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
                               f"{loaded.predictor.bundle.task}).")
     app.state.serving = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: it also counts the 413s
     _error_handlers(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = state.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/health")
     async def health() -> dict:  # on the event loop, which no request's work occupies: it answers at once
@@ -176,6 +203,20 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
     def reload() -> dict:
         return state.reload()
 
+    @app.get("/ping", include_in_schema=False)
+    async def ping() -> Response:  # MLflow's liveness check, for clients and probes written for it
+        return Response("\n", media_type="application/json")
+
+    @app.get("/version", include_in_schema=False)
+    async def version() -> Response:
+        return Response(_package_version(), media_type="text/plain")
+
+    @app.post("/invocations", openapi_extra=_scoring_body())
+    async def invocations(request: Request) -> JSONResponse:
+        current = state.current
+        raw = await request.body()
+        return await run_in_threadpool(_invoke, state, current, raw, request.headers.get("content-type"))
+
     ROUTES[loaded.schema["kind"]](app, state, settings, loaded.schema)
     if settings.reload_interval > 0:
         _start_polling(state, settings.reload_interval)
@@ -189,7 +230,9 @@ def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: di
         body = _validated(raw, content_type, request_model, "rows", settings)
         frame = pd.DataFrame([row.model_dump(by_alias=True) for row in body.rows],
                              columns=[c["name"] for c in current.schema["columns"]])
-        return _respond(current, current.predictor.predict(frame, "the request"))
+        table = current.predictor.predict(frame, "the request")
+        state.metrics.observe_features(frame, current.predictor.transform.state.get("numeric", []))
+        return _respond(current, table, state.metrics)
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(request_model))
     async def predict_rows(request: Request) -> JSONResponse:
@@ -202,7 +245,7 @@ def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: d
     def predict(current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
         body = _validated(raw, content_type, TextRequest, "texts", settings)
         frame = pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
-        return _respond(current, current.predictor.predict(frame, "the request"))
+        return _respond(current, current.predictor.predict(frame, "the request"), state.metrics)
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(TextRequest))
     async def predict_texts(request: Request) -> JSONResponse:
@@ -213,7 +256,8 @@ def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: d
 
 def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
     def predict(current: Loaded, names: list[str], files: list[bytes]) -> JSONResponse:
-        return _respond(current, current.predictor.predict_images(files, names=names).drop(columns="path"))
+        return _respond(current, current.predictor.predict_images(files, names=names).drop(columns="path"),
+                        state.metrics)
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
     async def predict_images(request: Request) -> JSONResponse:
@@ -332,8 +376,46 @@ def _json_body(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
-def _respond(current: Loaded, table: pd.DataFrame) -> JSONResponse:
+def _invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
+    """POST /invocations (serving/scoring.py): MLflow's request formats in, MLflow's response shape out, through the
+    same Predictor as /predict. On a worker thread."""
+    try:
+        frame = scoring.parse(raw, content_type, current.schema, state.settings.max_batch)
+        if current.schema["kind"] == "images":
+            names, files = scoring.image_files(frame)
+            _check_images(names, files, state.settings)
+            table = current.predictor.predict_images(files, names=names)
+        else:
+            table = current.predictor.predict(frame, "the request")
+            state.metrics.observe_features(frame, current.predictor.transform.state.get("numeric", []))
+    except scoring.TooManyRows as exc:
+        raise TooLarge(str(exc)) from None
+    except TooLarge:
+        raise
+    except (TorchyardError, ValueError, TypeError, KeyError) as exc:  # a frame of any shape can be sent here
+        return JSONResponse({"error_code": "BAD_REQUEST", "message": _short(str(exc), 2000)}, status_code=400)
+    state.metrics.predicted(current.ref.name, current.ref.version, len(table))
+    return JSONResponse(scoring.answer(table))
+
+
+def _scoring_body() -> dict:
+    return {"requestBody": {"required": True, "description": "MLflow's scoring protocol (serving/scoring.py)",
+                            "content": {"application/json": {"schema": {"type": "object"}},
+                                        "text/csv": {"schema": {"type": "string"}}}}}
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchyard")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _respond(current: Loaded, table: pd.DataFrame, metrics: ServingMetrics) -> JSONResponse:
     """The response, rendered here on the worker thread (PredictResponse documents it)."""
+    metrics.predicted(current.ref.name, current.ref.version, len(table))
     classes = current.predictor.classes
     probabilities = table[[f"proba_{c}" for c in classes]].to_numpy() if classes and len(table) else None
     predictions = []

@@ -183,6 +183,67 @@ def test_fuzzed_requests_never_get_a_server_error(tabular_server):
     assert not any(code >= 500 for code in seen) and seen[200] and seen[422], seen
 
 
+def test_mlflow_scoring_protocol_answers_like_predict_py_in_every_format(tabular_server, tabular_model, wine_rows):
+    rows = wine_rows.sample(6, random_state=3).drop(columns="target")
+    direct = Predictor.load(tabular_model[0]).predict(rows)
+    expected = json.loads(direct.to_json(orient="records"))
+    split = json.loads(rows.to_json(orient="split", index=False))
+    bodies = [{"json": {"dataframe_records": records(wine_rows.loc[rows.index])}},
+              {"json": {"dataframe_split": split}},
+              {"json": {"instances": json.loads(rows.to_json(orient="records"))}},
+              {"json": {"inputs": {c: rows[c].tolist() for c in rows.columns}}},
+              {"content": rows.to_csv(index=False), "headers": {"Content-Type": "text/csv"}}]
+    for body in bodies:
+        response = tabular_server.post("/invocations", **body)
+        assert response.status_code == 200, (body, response.text)
+        answered = response.json()["predictions"]
+        assert [p["prediction"] for p in answered] == [p["prediction"] for p in expected]
+        assert np.allclose([p["proba_class_0"] for p in answered], [p["proba_class_0"] for p in expected], atol=1e-6)
+    for bad in ({"json": {"rows": []}}, {"json": {"dataframe_records": [], "instances": []}},
+                {"content": b"{", "headers": {"Content-Type": "application/json"}},
+                {"json": {"dataframe_records": [{"alcohol": 1.0}]}}):
+        response = tabular_server.post("/invocations", **bad)
+        assert response.status_code == 400 and response.json()["error_code"] == "BAD_REQUEST", response.text
+    assert tabular_server.post("/invocations", json={"instances": [{}] * 65}).status_code == 413
+    assert tabular_server.get("/ping").status_code == 200 and tabular_server.get("/version").text
+
+
+def test_prometheus_metrics_count_requests_inputs_and_out_of_range_features(tabular_server, wine_rows):
+    def scrape():
+        text = tabular_server.get("/metrics").text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    before = scrape()
+    rows = records(wine_rows.head(3))
+    rows[0]["alcohol"] = 1000.0  # far outside the training range
+    assert tabular_server.post("/predict", json={"rows": rows}).status_code == 200
+    assert tabular_server.post("/predict", json={"rows": "no"}).status_code == 422
+    after = scrape()
+    ok = 'torchyard_requests_total{method="POST",route="/predict",status="200"}'
+    assert after[ok] == before.get(ok, 0) + 1
+    bad = 'torchyard_requests_total{method="POST",route="/predict",status="422"}'
+    assert after[bad] == before.get(bad, 0) + 1
+    (inputs,) = [k for k in after if k.startswith("torchyard_predicted_inputs_total{")]
+    assert after[inputs] >= before.get(inputs, 0) + 3
+    assert any(k.startswith("torchyard_model_info{") and 'data_type="tabular"' in k for k in after)
+    assert after['torchyard_feature_out_of_range_ratio{feature="alcohol"}'] > 0
+    assert 'torchyard_request_duration_seconds_count{route="/predict"}' in after
+    assert "torchyard_requests_in_flight" in after
+
+
+def test_skew_gauge_is_the_share_of_values_outside_the_training_range():
+    from serving.metrics import ServingMetrics
+
+    metrics = ServingMetrics()
+    numeric = [{"name": "a", "min": 0.0, "max": 10.0}, {"name": "b", "min": 0.0, "max": 1.0}, {"name": "old"}]
+    metrics.observe_features(pd.DataFrame({"a": [1, 11, None, -1], "b": [0.5, 0.5, 0.5, 0.5], "old": [9] * 4}),
+                             numeric)
+    metrics.observe_features(pd.DataFrame({"a": [5.0], "b": [2.0], "old": [9]}), numeric)
+    gauge = {s.labels["feature"]: s.value for s in metrics.skew.collect()[0].samples}
+    assert gauge == {"a": pytest.approx(2 / 4), "b": pytest.approx(1 / 5)}  # nulls not counted; no range: no gauge
+
+
 def test_registry_uri_alias_and_reload_without_restart(tabular_model, wine_rows, mlflow_client):
     model_fn, result = tabular_model
     name = result["model_name"]
@@ -239,6 +300,9 @@ def test_text_server(tmp_path_factory):
         assert server.post("/predict", json={"texts": ["a"] * 9}).status_code == 413
         assert server.post("/predict", json={"texts": [3]}).status_code == 422
         assert server.get("/model").json()["input_schema"]["kind"] == "texts"
+        scored = server.post("/invocations", json={"instances": texts})
+        assert scored.status_code == 200, scored.text
+        assert [p["prediction"] for p in scored.json()["predictions"]] == direct["prediction"].tolist()
     finally:
         assert "Traceback" not in server.stop()
 
@@ -277,5 +341,9 @@ def test_image_server_takes_uploads_and_base64(tmp_path_factory):
         huge = server.post("/predict", files=[("files", ("big.png", _png((0, 0, 0), (65, 10)), "image/png"))])
         assert huge.status_code == 413 and "big.png is 65x10" in huge.text
         assert server.post("/predict", json={"images": ["%%%"]}).status_code == 422
+        scored = server.post("/invocations", json={"dataframe_records": [{"image": e} for e in encoded]})
+        assert scored.status_code == 200, scored.text
+        assert [p["prediction"] for p in scored.json()["predictions"]] == direct["prediction"].tolist()
+        assert [p["path"] for p in scored.json()["predictions"]] == ["image[0]", "image[1]"]
     finally:
         assert "Traceback" not in server.stop()

@@ -32,6 +32,7 @@ def test_statistics_come_from_the_rows_given_to_fit(train):
     present = train["num"].dropna()
     assert spec["fill"] == present.median()
     assert spec["center"] == pytest.approx(present.mean())
+    assert (spec["min"], spec["max"]) == (present.min(), present.max())  # serving's skew gauge reads them
     assert spec["scale"] == pytest.approx(present.std(ddof=0))
     x = transform.features(pd.DataFrame({"num": [present.mean()], "cat": ["a"]}))
     assert x[0, 0] == pytest.approx(0.0, abs=1e-6)
