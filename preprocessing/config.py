@@ -102,6 +102,8 @@ class ImageConfig(_Section):
     {name: <albumentations class>, <argument>: <value>, ...}."""
 
     image_size: int = Field(32, ge=4, description="Side of the square the model sees (train crop, eval center crop).")
+    allow_outside_paths: bool = Field(False, description="Let manifest paths and symbolic links lead outside the "
+                                      "data folder (by default such a file is an error naming it).")
     resize: int | None = Field(None, ge=4, description="Images are decoded once, resized so the shorter side is "
                                "this, center-cropped square and cached; default image_size * 8/7.")
     channels: Literal[1, 3] = Field(3, description="1: grayscale, 3: RGB. Other modes are converted (alpha "

@@ -91,10 +91,13 @@ def write_digits(dest: Path) -> Path:
 def list_images(location: Path, config: ImageConfig, label_column: str) -> pd.DataFrame:
     """Rows of (path, label) from a class-per-folder tree or a manifest; paths absolute."""
     if location.is_file():
-        return _from_manifest(location, config.path_column, label_column)
+        listing = _from_manifest(location, config.path_column, label_column)
+        _inside(listing["path"], location.parent, config.allow_outside_paths, f"manifest {location}")
+        return listing
     classes = sorted(p for p in location.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows = [(str(f), c.name) for c in classes for f in sorted(c.rglob("*")) if f.is_file()
             and not f.name.startswith(".")]
+    _inside([path for path, _ in rows], location, config.allow_outside_paths, f"the folder {location}")
     if not rows:
         loose = [f for f in location.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
         hint = (f" ({len(loose)} image files lie directly in it; put them in one sub-folder per class)"
@@ -102,6 +105,19 @@ def list_images(location: Path, config: ImageConfig, label_column: str) -> pd.Da
         raise DataError(f"no images found in {location}: expected one sub-folder per class, each holding that "
                         f"class's images{hint}")
     return pd.DataFrame(rows, columns=["path", label_column])
+
+
+def _inside(paths, root: Path, allowed: bool, where: str) -> None:
+    """DataError naming the first file that leads outside `root` (a manifest's '../../etc/passwd', a symbolic link
+    to elsewhere) unless image.allow_outside_paths: a data folder from someone else must not read this machine's
+    other files into a model."""
+    if allowed:
+        return
+    root = Path(root).resolve()
+    for path in paths:
+        if not Path(path).resolve().is_relative_to(root):
+            raise DataError(f"{where}: {path} leads outside the data folder (to {Path(path).resolve()}); move the "
+                            "file in, or set image.allow_outside_paths: true")
 
 
 def _from_manifest(manifest: Path, path_column: str, label_column: str) -> pd.DataFrame:

@@ -194,3 +194,21 @@ def test_a_huge_declared_size_is_refused_before_decoding(tmp_path, side, reason)
         image.load_image(path, 3, 8)
     with pytest.raises(ValueError, match=reason):  # bytes as the REST API passes them
         image.load_image(path.read_bytes(), 3, 8)
+
+
+def test_manifest_paths_and_links_must_stay_inside_the_data_folder(tmp_path):
+    save(tmp_path / "elsewhere" / "secret.png", rgb())
+    data = tmp_path / "data"
+    save(data / "cat" / "0.png", rgb())
+    pd.DataFrame({"path": ["cat/0.png", "../elsewhere/secret.png"], "label": ["c", "d"]}).to_csv(data / "m.csv",
+                                                                                                index=False)
+    with pytest.raises(DataError, match=r"m.csv: .*secret.png leads outside the data folder.*allow_outside_paths"):
+        image.list_images(data / "m.csv", ImageConfig(), "label")
+    assert len(image.list_images(data / "m.csv", ImageConfig(allow_outside_paths=True), "label")) == 2
+
+    (data / "dog").mkdir()
+    (data / "dog" / "link.png").symlink_to(tmp_path / "elsewhere" / "secret.png")
+    with pytest.raises(DataError, match="link.png leads outside the data folder"):
+        image.list_images(data, ImageConfig(), "label")
+    (data / "m.csv").unlink()
+    assert len(image.list_images(data, ImageConfig(allow_outside_paths=True), "label")) == 2
