@@ -26,6 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reload-interval", type=float, default=0.0,
                    help="seconds between checks of the registry alias for a new version (0: only POST /reload)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--api-key", default=os.environ.get("TORCHYARD_API_KEY"), help="token that POST /reload needs "
+                   "(Authorization: Bearer <key> or X-API-Key); default $TORCHYARD_API_KEY. Without one, /reload "
+                   "answers only when the server listens on a loopback address")
+    p.add_argument("--protect-predict", action="store_true", help="/predict and /invocations need the key too")
     return p.parse_args(argv)
 
 
@@ -46,7 +50,12 @@ def main(argv=None) -> int:
             print(f"error: cannot serve {args.model}: {exc}", file=sys.stderr)
             return 2
 
+    if args.protect_predict and not args.api_key:
+        print("error: --protect-predict needs --api-key (or TORCHYARD_API_KEY)", file=sys.stderr)
+        return 2
     settings = ServeSettings(model=args.model, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
+                             api_key=args.api_key, protect_predict=args.protect_predict,
+                             loopback=args.host in ("127.0.0.1", "localhost", "::1"),
                              max_image_side=args.max_image_side, reload_interval=args.reload_interval)
     try:
         loaded = load(settings.model, registry)

@@ -18,6 +18,7 @@ a large request is being worked on. A model replaces the served one only after a
 """
 import base64
 import binascii
+import hmac
 import email.message
 import io
 import json
@@ -55,10 +56,38 @@ class ServeSettings(BaseModel):
     max_image_side: int = Field(4096, ge=1, description="Largest image width or height accepted (413 above).")
     reload_interval: float = Field(0.0, ge=0, description="Seconds between checks of the registry alias for a new "
                                    "version (0: only POST /reload).")
+    api_key: str | None = Field(None, repr=False, description="Token that POST /reload needs (Authorization: Bearer "
+                                "<key> or X-API-Key: <key>); without one, /reload answers only on a loopback "
+                                "address.")
+    loopback: bool = Field(True, description="The server listens on a loopback address only.")
+    protect_predict: bool = Field(False, description="/predict and /invocations need the api_key too.")
 
 
 class TooLarge(TorchyardError):
     """A request over one of the configured limits (413)."""
+
+
+class Unauthorized(TorchyardError):
+    """A missing or wrong api key (401), or an admin call the server does not take without one (403)."""
+
+    def __init__(self, message: str, status: int = 401):
+        super().__init__(message)
+        self.status = status
+
+
+def _authorize(request: Request, settings: ServeSettings, admin: bool = False) -> None:
+    """Admin calls (/reload) need the api key when one is set, and are refused on a non-loopback address without
+    one; predictions need it only with protect_predict. Compared in constant time."""
+    if not settings.api_key:
+        if admin and not settings.loopback:
+            raise Unauthorized("/reload is disabled on a non-loopback address without an api key: start the server "
+                               "with --api-key (or TORCHYARD_API_KEY)", status=403)
+        return
+    if not admin and not settings.protect_predict:
+        return
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    if not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
+        raise Unauthorized("a valid api key is needed (Authorization: Bearer <key>, or X-API-Key: <key>)")
 
 
 @dataclass
@@ -195,12 +224,18 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
     @app.get("/model")
     def model() -> dict:
         current = state.current
-        return {**current.ref.to_dict(), "data_type": current.predictor.data_type,
+        ref = current.ref.to_dict()
+        if registry_uri(ref["uri"]) is None:  # a file: its name, not where it lies on this machine
+            ref["uri"] = ref["uri"].replace("\\", "/").rsplit("/", 1)[-1]
+        return {**ref, "data_type": current.predictor.data_type,
                 "task": current.predictor.bundle.task, "classes": current.predictor.classes,
-                "input_schema": current.schema, "limits": settings.model_dump(exclude={"model"})}
+                "input_schema": current.schema,
+                "limits": settings.model_dump(include={"max_body_bytes", "max_batch", "max_image_side",
+                                                       "reload_interval"})}
 
     @app.post("/reload")
-    def reload() -> dict:
+    def reload(request: Request) -> dict:
+        _authorize(request, settings, admin=True)
         return state.reload()
 
     @app.get("/ping", include_in_schema=False)
@@ -213,6 +248,7 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
 
     @app.post("/invocations", openapi_extra=_scoring_body())
     async def invocations(request: Request) -> JSONResponse:
+        _authorize(request, settings)
         current = state.current
         raw = await request.body()
         return await run_in_threadpool(_invoke, state, current, raw, request.headers.get("content-type"))
@@ -236,6 +272,7 @@ def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: di
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(request_model))
     async def predict_rows(request: Request) -> JSONResponse:
+        _authorize(request, settings)
         current = state.current
         raw = await request.body()  # bounded by BodyLimit; everything after it runs on a worker thread
         return await run_in_threadpool(predict, current, raw, request.headers.get("content-type"))
@@ -249,6 +286,7 @@ def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: d
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(TextRequest))
     async def predict_texts(request: Request) -> JSONResponse:
+        _authorize(request, settings)
         current = state.current
         raw = await request.body()
         return await run_in_threadpool(predict, current, raw, request.headers.get("content-type"))
@@ -261,6 +299,7 @@ def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: 
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
     async def predict_images(request: Request) -> JSONResponse:
+        _authorize(request, settings)
         current = state.current
         names, files = await _read_images(request, settings)
         return await run_in_threadpool(predict, current, names, files)
@@ -500,12 +539,25 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TorchyardError)
     async def user_error(request: Request, exc: TorchyardError):
-        return JSONResponse({"detail": str(exc)}, status_code=status.get(type(exc), 422))
+        code = exc.status if isinstance(exc, Unauthorized) else status.get(type(exc), 422)
+        return JSONResponse({"detail": _scrubbed(str(exc))}, status_code=code)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception):
         log.error(f"{request.method} {request.url.path} failed", exc_info=exc)
         return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
+def _scrubbed(message: str) -> str:
+    """A message with this machine's absolute paths (the model file, the MLflow store) cut to their file names:
+    error bodies go to whoever sent the request."""
+    import os
+    import re
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        message = message.replace(uri, "the MLflow store")
+    return re.sub(r"(?<![\w:])/(?:[\w.+-]+/)+([\w.+-]+)", r"\1", message)
 
 
 def _short(value, limit: int = 200):

@@ -385,6 +385,32 @@ def test_reload_of_a_bad_model_keeps_serving_the_old_one(tmp_path):
     assert client.post("/reload").status_code == 200
 
 
+def test_reload_needs_the_api_key_and_no_response_shows_server_paths(tmp_path):
+    from serving.app import ServeSettings, create_app
+
+    path = make_model(tmp_path / "secret-folder" / "m.pth")
+    body = {"rows": json.loads(rows(2).drop(columns="label").to_json(orient="records"))}
+    open_on_lan = TestClient(create_app(ServeSettings(model=str(path), loopback=False)))
+    refused = open_on_lan.post("/reload")
+    assert refused.status_code == 403 and "--api-key" in refused.text
+    assert open_on_lan.post("/predict", json=body).status_code == 200
+    model = open_on_lan.get("/model").json()
+    assert model["uri"] == "m.pth" and "secret-folder" not in json.dumps(model)
+
+    keyed = TestClient(create_app(ServeSettings(model=str(path), loopback=False, api_key="s3cret",
+                                                protect_predict=True)))
+    assert keyed.post("/reload").status_code == 401
+    assert keyed.post("/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert keyed.post("/reload", headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert keyed.post("/predict", json=body).status_code == 401
+    assert keyed.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert "s3cret" not in keyed.get("/model").text
+
+    make_model(path, preprocessing=None)  # a failing reload names the file, not where it lies
+    failed = keyed.post("/reload", headers={"X-API-Key": "s3cret"})
+    assert failed.status_code == 409 and "m.pth" in failed.text and "secret-folder" not in failed.text
+
+
 # ---------------------------------------------------------------- 4. confusion matrices of many classes
 
 def test_confusion_plot_of_hundreds_of_classes_is_quick_and_bounded(tmp_path):
