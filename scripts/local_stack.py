@@ -30,6 +30,10 @@ def stack_env(port: int, home: Path, mlflow_uri: str | None = None) -> dict:
         "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # `prefect deployment run --watch` subscribes to the flow run's logs, which the server sends out only with
+        # these two (off by default): without them the watch shows state changes but no epoch line
+        "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+        "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
         "TORCHYARD_HOME": str(REPO),
         "PYTHONUNBUFFERED": "1",
     })

@@ -51,6 +51,7 @@ def test_deployment_run_completes_and_is_tracked(stack):
                      "--watch", env=env, timeout=420)
     log = result.stdout + result.stderr
     assert result.returncode == 0 and "Flow run finished successfully in 'Completed'" in log, log[-3000:]
+    assert re.search(r"epoch 4/4: .*val_loss", log), log[-3000:]  # the watch shows training's progress lines
 
     client = MlflowClient(uri, uri)
     experiment = client.get_experiment_by_name("wine")
