@@ -1,5 +1,7 @@
-"""export: ONNX with a dynamic batch axis, checked against torch with ONNX Runtime on real test rows, logged as an
-MLflow model with signature and input example, and written as the self-contained model file.
+"""export: ONNX with a dynamic batch axis, checked against torch with ONNX Runtime on real test rows, written as the
+self-contained model file, and logged as the MLflow model that register registers: a python-function model that
+takes the raw inputs and runs the Predictor (tasks/pyfunc_model.py), with the raw columns' signature, a few raw test
+rows as its input example, and the .onnx as its artifact (also its `onnx` flavor).
 
 Exporter: serving.export.export_fast, the fast TorchScript one where the data type's kind allows it (tables,
 images), torch.export otherwise (texts); the reasons and timings are there.
@@ -13,13 +15,11 @@ from prefect.cache_policies import NO_CACHE
 
 from preprocessing import kinds
 from preprocessing.steps import Exported, Prepared, Trained
-from serving.bundle import onnx_metadata, save_bundle
+from serving.bundle import ModelBundle, onnx_metadata, save_bundle
 from serving.export import INPUT_NAMES, export_fast, parity, with_metadata
 from tasks import tracking
 from tasks.evaluate import serving_model
 from tasks.inputs import model_inputs
-
-EXAMPLE_ROWS = 5
 
 
 @task(name="export", cache_policy=NO_CACHE)
@@ -45,20 +45,17 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
     client = tracking.configure()
     client.log_artifact(run_id, str(bundle), "model_file")
 
-    import mlflow.onnx
-    import onnx
-    from mlflow.models import infer_signature
+    from serving.inference import Predictor
+    from tasks import pyfunc_model
 
-    example = test_inputs[:EXAMPLE_ROWS]
-    with torch.no_grad():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    predictor = Predictor(ModelBundle(onnx=onnx_bytes, **described))
+    example = pyfunc_model.input_example(predictor, prepared.test_frame)
     with tracking.active_run(run_id):
-        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model", signature=signature,
-                                     onnx_execution_providers=["CPUExecutionProvider"],
-                                     pip_requirements=pip_requirements(),
-                                     input_example=example, metadata={
-                                         "feature_names": getattr(transform, "feature_names", None),
-                                         "classes": transform.target["classes"], "data_type": data_type})
+        info = pyfunc_model.log_model(
+            bundle.with_suffix(".onnx"), predictor, example,
+            pip_requirements=pip_requirements() + pyfunc_model.predictor_requirements(data_type),
+            metadata={"feature_names": getattr(transform, "feature_names", None),
+                      "classes": transform.target["classes"], "data_type": data_type})
     return Exported(bundle, info.model_uri, max_diff)
 
 
@@ -73,8 +70,9 @@ def warm_up_requirement_check() -> None:
 
 
 def pip_requirements() -> list[str]:
-    """What the logged model needs to load and run: ONNX and ONNX Runtime at the versions that exported and checked
-    it (MLflow adds itself). Given, because inferring them loads the model in a subprocess (~2-3 s)."""
+    """What the logged network needs to load and run: ONNX and ONNX Runtime at the versions that exported and checked
+    it (the raw-input model adds the Predictor's, MLflow itself). Given, because inferring them loads the model in a
+    subprocess (~2-3 s)."""
     return [f"{name}=={importlib.metadata.version(name)}" for name in ("onnx", "onnxruntime")]
 
 

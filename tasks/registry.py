@@ -14,13 +14,14 @@ from tasks import tracking
 def fetch(name: str, version: str | None, alias: str | None) -> tuple[ModelBundle, ModelRef]:
     found, uri = _model_version(name, version, alias), _uri(name, version, alias)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar in flow and server logs
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=found.run_id, artifact_path="model_file/model.pth",
-                                                   dst_path=tempfile.mkdtemp(prefix="torchyard-model-"))
-    except Exception as exc:  # MlflowException, OSError
-        raise ModelFileError(f"{uri} (version {found.version}) has no torchyard model file in run "
-                             f"{found.run_id}: {exc}") from exc
-    bundle = load_model_file(path)
+    with tempfile.TemporaryDirectory(prefix="torchyard-model-") as folder:  # read whole, then removed
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=found.run_id, artifact_path="model_file/model.pth",
+                                                       dst_path=folder)
+        except Exception as exc:  # MlflowException, OSError
+            raise ModelFileError(f"{uri} (version {found.version}) has no torchyard model file in run "
+                                 f"{found.run_id}: {exc}") from exc
+        bundle = load_model_file(path)
     metrics = {k: float(v) for k, v in found.tags.items() if k.startswith(("test_", "val_"))} or bundle.metrics
     return bundle, ModelRef(uri, uri, found.name, str(found.version), alias, found.run_id, metrics)
 

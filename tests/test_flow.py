@@ -72,12 +72,22 @@ def test_classification_run_is_recorded_registered_and_predictable(fast_train, m
 
     version = mlflow_client.get_model_version(name, result["model_version"])
     assert version.run_id == run.info.run_id and "test_accuracy" in version.description
+    import tempfile
+
+    from tasks import registry
+
+    downloads = lambda: set(Path(tempfile.gettempdir()).glob("torchyard-model-*"))  # noqa: E731
+    before = downloads()
+    bundle, ref = registry.fetch(name, str(version.version), None)
+    assert bundle.data_type == "tabular" and ref.version == str(version.version)
+    assert downloads() <= before  # the downloaded model file is not left in the temp folder
     import mlflow.models
     import mlflow.onnx
     import onnxruntime as ort
 
     info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 13]
+    inputs = info.signature.inputs.to_dict()  # the raw columns (the registered model preprocesses itself)
+    assert len(inputs) == 13 and {"alcohol", "proline"} <= {c["name"] for c in inputs}
     assert info.saved_input_example_info is not None
     onnx_model = mlflow.onnx.load_model(f"models:/{name}/{version.version}")
     session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
