@@ -163,7 +163,8 @@ def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, con
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, seed: int, run_id: str,
-          checkpoint_dir: Path) -> Trained:
+          checkpoint_dir: Path, extra_callbacks: list[Callback] | tuple = ()) -> Trained:
+    """`extra_callbacks`: the caller's own, run after the MLflow logger (a sweep trial's pruning)."""
     logger = get_run_logger()
     device, warning = select_device(config.gpu_id)
     if warning:
@@ -178,6 +179,8 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     tracking.log_params(run_id, "train", {**config.model_dump(), "seed": seed, "device": str(device),
                                           "batch_size_auto": asked.batch_size is None, "lr_auto": asked.lr == "auto"})
     if config.distributed.enabled:
+        if extra_callbacks:
+            logger.warning("the caller's training callbacks do not run under data-parallel training")
         tracking.log_params(run_id, "model", model_config.model_dump())  # pretrained networks are refused there
         started = time.perf_counter()
         history, path = train_distributed(prepared, transform, model_config, config, seed, device, run_id,
@@ -186,7 +189,7 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
         processes = config.distributed.nproc_per_node * config.distributed.nnodes
         return Trained(path, len(history), f"{device} x {processes} processes")
     mlflow_logger = MlflowEpochLogger(run_id)
-    callbacks = fit.callbacks_for(config, checkpoint_dir, logger.info, extra=[mlflow_logger])
+    callbacks = fit.callbacks_for(config, checkpoint_dir, logger.info, extra=[mlflow_logger, *extra_callbacks])
     trainer, built_from = build_trainer(transform, model_config, config, seed, device, callbacks, logger)
     tracking.log_params(run_id, "model", built_from.model_dump())
 
