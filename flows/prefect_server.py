@@ -140,8 +140,8 @@ def connect(env=os.environ) -> tuple[str, TemporaryServer | None, str]:
         env["PREFECT_API_URL"] = stack
         return stack, None, "the local stack (make demo)"
     if not env.get("PREFECT_HOME"):  # the server's SQLite database and this process's Prefect files stay here
-        TEMPORARY_HOME.mkdir(parents=True, exist_ok=True)
         env["PREFECT_HOME"] = str(TEMPORARY_HOME)
+    Path(env["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # the server does not create it
     server = TemporaryServer(env)
     env["PREFECT_API_URL"] = server.api_url
     env["PREFECT_UI_URL"] = ""
