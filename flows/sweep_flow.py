@@ -183,7 +183,8 @@ def trial(prepared: Prepared, number: int, trial_id: int, overrides: dict, base:
     """Train and evaluate one trial into its own child run of the sweep's parent run, reporting each epoch to the
     study and telling it the result. Runs where the task runner puts it (a thread here, a Dask worker): the
     tracking store and the study are reopened from the URIs given."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # what tasks/tracking.py reads; given, not inherited
+    if tracking.tracking_uri() != tracking_uri:  # a Dask worker: given, not inherited (tasks/tracking.py reads it)
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # in the flow's own process it is already the same
     client = tracking.configure()
     child = client.create_run(experiment_id, run_name=f"{parent_name}-trial-{number}",
                               tags={"mlflow.parentRunId": parent_run_id, "torchyard.sweep.trial": str(number),
@@ -286,7 +287,7 @@ def sweep_flow(
             results = run_trials(prepared, sweep, base, spec, n_trials, experiment_id, parent, name, work_dir)
             best = _best(results, sweep.metric)
             study = spec.create()  # reloaded: the trials told their results from where they ran
-            _record(parent, results, best, sweep.metric, study, work_dir, name)
+            _record(parent, results, best, sweep.metric, list(sweep.parameters), study, work_dir, name)
             registered = None
             if best is None:
                 logger.warning("no trial of this run completed (all pruned or failed, or the grid was already "
@@ -364,8 +365,8 @@ def _best(results: list[dict], metric: str) -> dict | None:
     return choose(done, key=lambda r: r["metrics"][metric])
 
 
-def _record(parent: str, results: list[dict], best: dict | None, metric: str, study, work_dir: Path,
-            name: str) -> None:
+def _record(parent: str, results: list[dict], best: dict | None, metric: str, names: list[str], study,
+            work_dir: Path, name: str) -> None:
     """The parent run's record of the sweep: best trial tags and metrics, counts, Optuna's plots, the summary."""
     counts = {status: sum(r["status"] == status for r in results) for status in ("COMPLETE", "PRUNED", "FAILED")}
     tracking.log_metrics(parent, {f"trials_{k.lower()}": v for k, v in counts.items()})
@@ -382,13 +383,13 @@ def _record(parent: str, results: list[dict], best: dict | None, metric: str, st
     except ValueError:
         pass  # no completed trial in the whole study
     tracking.set_tags(parent, tags)
-    written, skipped = search.plot_study(study, work_dir / "optuna", len(results[0]["overrides"]) if results else 0)
+    written, skipped = search.plot_study(study, work_dir / "optuna", len(names))
     client = tracking.configure()
     for path in written:
         client.log_artifact(parent, str(path), "optuna")
     if skipped:
         get_run_logger().warning("Optuna plots skipped: " + "; ".join(skipped))
-    _report(results, best, metric, name, study)
+    _report(results, best, metric, names, name, study)
 
 
 def register_best(best: dict, base: RunConfig, prepared: Prepared, fingerprint: str, primary_metric: str,
@@ -413,8 +414,7 @@ def register_best(best: dict, base: RunConfig, prepared: Prepared, fingerprint: 
     return {"model_name": config.model_name, "model_version": version, "promotion": promotion}
 
 
-def _report(results: list[dict], best: dict | None, metric: str, name: str, study) -> None:
-    names = list(results[0]["overrides"]) if results else []
+def _report(results: list[dict], best: dict | None, metric: str, names: list[str], name: str, study) -> None:
     header = "| trial | " + " | ".join(names) + f" | {metric} | status |\n|" + "---|" * (len(names) + 3)
     lines = []
     for r in results:
