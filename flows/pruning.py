@@ -2,8 +2,8 @@
 pruner says the trial is hopeless the trainer stops after that epoch, as early stopping would.
 
 Stopping rather than raising optuna.TrialPruned keeps the train task's ending the same for every trial (weights
-restored, network saved, MLflow metrics flushed); the sweep then records the trial as pruned. The trial is
-passed in, so this module imports nothing from Optuna.
+restored, network saved, MLflow metrics flushed); the sweep then records the trial as pruned. The last epoch is
+reported but never pruned. The trial is passed in, so this module imports nothing from Optuna.
 """
 from training.callbacks import Callback
 
@@ -18,6 +18,8 @@ class OptunaPruning(Callback):
             raise ValueError(f"sweep.prune_metric '{self.monitor}' is not an epoch metric; available: "
                              f"{', '.join(sorted(k for k in metrics if k != 'epoch'))}")
         self.trial.report(float(metrics[self.monitor]), metrics["epoch"])
+        if metrics["epoch"] >= trainer.max_epochs:
+            return  # the trial is trained: pruning it now would save nothing and lose its evaluation
         if self.trial.should_prune():
             self.pruned_epoch = metrics["epoch"]
             trainer.should_stop = True

@@ -37,7 +37,7 @@ def main(out: str) -> int:
     champion = train_flow(**good.flow_parameters())
     train_flow(**good.flow_parameters())  # no new data
     sweep = sweep_flow(sweep=SweepConfig(parameters={"train.lr": [0.01, 0.003, 0.0005], "model.n_layers": [2, 3]},
-                                         metric="test_accuracy"),
+                                         metric="test_accuracy", register_best=False),  # keep the champion shown
                        data=good.data, train=good.train.model_copy(update={"n_epochs": 15}))
 
     with socket.socket() as s:

@@ -19,7 +19,6 @@ import predict
 from flows.config import ExportConfig
 from flows.prefect_server import free_port
 from preprocessing.config import DataConfig
-from tests.conftest import REPO
 from training.config import TrainerConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -147,6 +146,13 @@ def test_the_registered_image_model_takes_files_or_their_bytes(tmp_path):
     same(from_bytes.drop(columns="path"), expected.drop(columns="path"))
     example = model.input_example
     assert list(example.columns) == ["image"] and isinstance(example["image"].iloc[0], bytes)
+
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    # what `mlflow models serve` does with a request body: parse by the schema (base64-decoding the binary column)
+    body = {"dataframe_records": [{"image": base64.b64encode(open(p, "rb").read()).decode()} for p in paths]}
+    served = model.predict(infer_and_parse_data(body, model.metadata.get_input_schema()))
+    same(served.drop(columns="path"), expected.drop(columns="path"))
 
 
 def test_mlflow_models_serve_answers_raw_rows_like_predict_py(table_model, tmp_path):
