@@ -30,6 +30,7 @@ from serving.bundle import FORMAT, ModelFileError, load_bundle, load_model_file,
 from serving.export import export_fast, with_metadata
 from serving.inference import Predictor, load_checked
 from tests.conftest import REPO, free_port
+from tests.test_serving import Server
 from training import evaluation
 from training.objectives import ServingModel, make_objective
 
@@ -206,28 +207,6 @@ def test_training_fails_at_validation_and_the_mlflow_run_says_why(tmp_path, fast
 
 
 # ---------------------------------------------------------------- 2. /predict with very many rows
-
-class Server:
-    def __init__(self, *args):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(self.port), *args], cwd=REPO,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stdout.read()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start in 60 s")
-
-    def stop(self) -> str:
-        self.process.terminate()
-        return self.process.communicate(timeout=30)[0]
-
 
 def health_latencies_during(url: str, request) -> tuple[httpx.Response, list[float]]:
     """`request()` on this thread while another polls /health; the /health latencies seen meanwhile."""

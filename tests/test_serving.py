@@ -65,7 +65,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(self.port), *args], cwd=REPO,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env={**os.environ})
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # generous: CI machines are shared; a dead server fails at once below
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.stdout.read()}")
@@ -74,7 +74,7 @@ class Server:
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
-        raise RuntimeError("server did not start in 60 s")
+        raise RuntimeError("server did not start in 300 s")
 
     def post(self, path, **kwargs):
         return httpx.post(f"{self.url}{path}", timeout=30, **kwargs)
