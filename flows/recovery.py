@@ -52,13 +52,12 @@ def take_checkpoint(client, orphans: list, fingerprint: str, work_root: Path, ch
                     run_id: str) -> str | None:
     """Copy the newest orphan's checkpoint (same data fingerprint) into `checkpoint_dir`, where the train step resumes
     from it, and log the epochs it holds to run `run_id`. Returns the orphan's run id, or None when none fits."""
+    if (checkpoint_dir / "last.ckpt").exists():
+        return None  # this run has its own (a retry): that one wins
     for orphan in orphans:
         source = Path(work_root) / orphan.data.tags.get("prefect.flow_run_id", "-") / "checkpoints"
         if orphan.data.tags.get("data_fingerprint") != fingerprint or not (source / "last.ckpt").is_file():
             continue
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if (checkpoint_dir / "last.ckpt").exists():
-            return None  # this run has its own (a retry): that one wins
         shutil.copytree(source, checkpoint_dir, dirs_exist_ok=True)
         import torch
 

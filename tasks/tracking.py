@@ -55,12 +55,12 @@ def check_reachable(timeout: float = 5.0) -> None:
             raise TrackingUnavailable(f"the MLflow tracking server {uri} is unreachable ({reason}); start it or "
                                       "point MLFLOW_TRACKING_URI at one that runs") from None
     elif parsed.scheme == "sqlite":
-        folder = Path(uri.split(":///", 1)[1]).parent
+        store = Path(uri.split(":///", 1)[1])  # SQLAlchemy's rule: absolute when it starts with "/"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            store.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TrackingUnavailable(f"cannot create the MLflow store folder {folder}: {exc.strerror}") from None
-        check_sqlite_store(Path(uri.split(":///", 1)[1]))  # SQLAlchemy's rule: absolute when it starts with "/"
+            raise TrackingUnavailable(f"cannot create the MLflow store folder {store.parent}: {exc.strerror}") from None
+        check_sqlite_store(store)
 
 
 def check_sqlite_store(path: Path, full_check_below_mb: int = 256) -> None:
