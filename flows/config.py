@@ -4,6 +4,7 @@ The flow takes the sections as separate parameters so that a deployment run can 
 (`--param train='{"n_epochs": 5}'`) without restating the others; Prefect validates each against its schema.
 """
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -59,6 +60,22 @@ class RunConfig(create_model("Sections", __config__=ConfigDict(extra="forbid"), 
 
     def flow_parameters(self) -> dict:
         return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+def takes_run_config(*first: inspect.Parameter, skip: tuple[str, ...] = ()):
+    """Give a flow written as `fn(**parameters)` one typed parameter per RunConfig field (the sections of
+    flows/sections.py, then experiment, seed, model_fn), less `skip`, after `first`: Prefect builds the deployment
+    forms and validates `--param` from this signature, so a new section reaches every flow by being listed once."""
+    fields = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=field.annotation,
+                                default=field.get_default(call_default_factory=True))
+              for name, field in RunConfig.model_fields.items() if name not in skip]
+
+    def wrap(fn):
+        parameters = [*first, *fields]
+        fn.__signature__ = inspect.Signature(parameters, return_annotation=dict)
+        fn.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": dict}
+        return fn
+    return wrap
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -10,6 +10,7 @@ The best trial of the run is tagged on the parent run, reported in a Prefect mar
 plots on the parent, and with `sweep.register_best` exported, registered and put through train-flow's
 champion/challenger gate (the same tasks).
 """
+import inspect
 import os
 import shutil
 import socket
@@ -30,11 +31,10 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import ConfigDict, Field, field_validator, model_validator  # noqa: E402
 
 from flows import search  # noqa: E402
-from flows.config import ExportConfig, PromoteConfig, RunConfig  # noqa: E402
+from flows.config import RunConfig, takes_run_config  # noqa: E402
 from flows.pruning import OptunaPruning  # noqa: E402
 from flows.train_flow import prepare, work_root  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
 from preprocessing.steps import Prepared, Trained  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
@@ -144,9 +144,9 @@ class SweepConfig(ParallelConfig):
 
 def store_folder() -> Path:
     """The MLflow store's folder when it is local (a SQLite file or a folder), else the repo's mlflow/."""
+    if store := tracking.sqlite_path():
+        return store.parent
     parsed = urlparse(tracking.tracking_uri())
-    if parsed.scheme == "sqlite":
-        return Path(parsed.path).parent
     if parsed.scheme in ("", "file"):
         return Path(parsed.path)
     return tracking.DEFAULT_STORE
@@ -237,22 +237,11 @@ def _state(name: str):
 
 
 @flow(name="sweep-flow", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
-def sweep_flow(
-    sweep: SweepConfig,
-    data: DataConfig = DataConfig(),
-    split: SplitConfig = SplitConfig(),
-    preprocess: TabularConfig = TabularConfig(),
-    image: ImageConfig = ImageConfig(),
-    text: TextConfig = TextConfig(),
-    model: ModelConfig = ModelConfig(),
-    train: TrainerConfig = TrainerConfig(),
-    export: ExportConfig = ExportConfig(),
-    promote: PromoteConfig = PromoteConfig(),
-    experiment: str | None = None,
-    seed: int = 42,
-) -> dict:
-    base = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model, train=train,
-                     export=export, promote=promote, experiment=experiment, seed=seed)
+@takes_run_config(inspect.Parameter("sweep", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=SweepConfig),
+                  skip=("parallel", "baseline", "model_fn"))
+def sweep_flow(sweep: SweepConfig, **parameters) -> dict:
+    """The sweep, then train-flow's config sections (less parallel, baseline and model_fn) as the base config."""
+    base = RunConfig(**parameters)
     check_space(base, sweep.parameters)  # every field and every range end is valid before any runs
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")

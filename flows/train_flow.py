@@ -18,15 +18,12 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.settings import PREFECT_UI_URL  # noqa: E402
 
 from flows import recovery  # noqa: E402
-from flows.config import ExportConfig, PromoteConfig, RunConfig  # noqa: E402
-from models.config import ModelConfig  # noqa: E402
-from preprocessing.config import DataConfig, ImageConfig, SplitConfig, TabularConfig, TextConfig  # noqa: E402
+from flows.config import RunConfig, takes_run_config  # noqa: E402
 from preprocessing.errors import TorchyardError  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.baseline import baseline as baseline_task  # noqa: E402
 from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
-from tasks.parallel import ParallelConfig  # noqa: E402
 from tasks.export import export as export_task  # noqa: E402
 from tasks.preprocess import preprocess as preprocess_task  # noqa: E402
 from tasks.promote import promote as promote_task  # noqa: E402
@@ -35,8 +32,6 @@ from tasks.register import register as register_task  # noqa: E402
 from tasks.split import split as split_task  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
 from tasks.validate import validate as validate_task  # noqa: E402
-from training.baseline import BaselineConfig  # noqa: E402
-from training.config import TrainerConfig  # noqa: E402
 
 
 
@@ -54,25 +49,10 @@ def work_root() -> Path:
 
 
 @flow(name="train-flow")
-def train_flow(
-    data: DataConfig = DataConfig(),
-    split: SplitConfig = SplitConfig(),
-    preprocess: TabularConfig = TabularConfig(),
-    image: ImageConfig = ImageConfig(),
-    text: TextConfig = TextConfig(),
-    model: ModelConfig = ModelConfig(),
-    train: TrainerConfig = TrainerConfig(),
-    export: ExportConfig = ExportConfig(),
-    promote: PromoteConfig = PromoteConfig(),
-    parallel: ParallelConfig = ParallelConfig(),
-    baseline: BaselineConfig = BaselineConfig(),
-    experiment: str | None = None,
-    seed: int = 42,
-    model_fn: str | None = None,
-) -> dict:
-    config = RunConfig(data=data, split=split, preprocess=preprocess, image=image, text=text, model=model,
-                       train=train, export=export, promote=promote, parallel=parallel, baseline=baseline,
-                       experiment=experiment, seed=seed, model_fn=model_fn)
+@takes_run_config()
+def train_flow(**parameters) -> dict:
+    """One parameter per config section (flows/sections.py) plus experiment, seed and model_fn."""
+    config = RunConfig(**parameters)
     logger = get_run_logger()
     run_key = str(flow_run.id or "local")
     tracking.check_reachable()  # before any data is read

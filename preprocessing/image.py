@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from preprocessing.config import ImageConfig
 from preprocessing.errors import DataError, TorchyardError
 from preprocessing.sources import SAMPLE_PREFIX, fetch, read_table
-from preprocessing.targets import TargetCodec
+from preprocessing.targets import Target, TargetCodec
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
@@ -146,7 +146,8 @@ def fingerprint_files(listing: pd.DataFrame, root: Path, label_column: str) -> s
     for path, label in zip(listing["path"], listing[label_column]):
         relative = os.path.relpath(path, root) if root.is_dir() else Path(path).name
         digest.update(f"{relative}\0{label}\0".encode())
-        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        with open(path, "rb") as file:  # in chunks: a large file is not held in memory to be hashed
+            digest.update(hashlib.file_digest(file, "sha256").digest())
     return digest.hexdigest()[:16]
 
 
@@ -291,7 +292,7 @@ def fit(train_images: np.ndarray, classes: list, config: ImageConfig, target: st
         "eval_pipeline": A.to_dict(eval_pipeline(config.image_size)),
         "train_pipeline": A.to_dict(train_pipeline(config.augmentations(), config.image_size)),
         "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-        "target": {"name": target, "task": "classification", "classes": list(classes), "mean": 0.0, "std": 1.0},
+        "target": Target(target, "classification", tuple(classes)).to_state(),
     }
 
 
@@ -318,7 +319,6 @@ class ImageTransform(TargetCodec):
     def __init__(self, state: dict):
         self.state = state
         self.config = ImageConfig(**state["config"])
-        self.target = state["target"]
         self.decode = A.from_dict(state["decode_pipeline"])
         self.eval = A.from_dict(state["eval_pipeline"])
         self.mean = torch.tensor(state["mean"], dtype=torch.float32).view(1, -1, 1, 1)

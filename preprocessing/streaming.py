@@ -239,10 +239,9 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
     Returns the manifest written to `out/stream.json`."""
     out.mkdir(parents=True, exist_ok=True)
     transform = TabularTransform(state)
-    target = state["target"]
     sizes = {name: int((assignment == i).sum()) for i, name in enumerate(SPLITS)}
     sizes["train"] = train_rows
-    target_dtype = np.float32 if target["task"] == "regression" else np.int64
+    target_dtype = np.float32 if transform.target.regression else np.int64
     writers = {name: (NpyWriter(out / f"{name}_features.npy", (sizes[name], transform.n_features), np.float32),
                       NpyWriter(out / f"{name}_targets.npy", (sizes[name],), target_dtype)) for name in SPLITS}
     every_writer = [writer for pair in writers.values() for writer in pair]
@@ -266,7 +265,7 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
                     part = part.dropna(subset=transform.input_columns)
                 features, targets = writers[name]
                 features.write(transform.features(part, f"the {name} split"))
-                targets.write(transform.encode_target(part[target["name"]]))
+                targets.write(transform.encode_target(part[transform.target.name]))
     finally:
         for writer in every_writer:
             writer.file.close()

@@ -11,7 +11,7 @@ import pandas as pd
 from preprocessing.config import TabularConfig
 from preprocessing.errors import DataError, rows_text
 from preprocessing.summaries import CategoricalSummary, NumericSummary, as_text
-from preprocessing.targets import TargetCodec, fit_target
+from preprocessing.targets import Target, TargetCodec
 from preprocessing.validate import TableSchema
 
 MISSING = "__missing__"
@@ -117,7 +117,8 @@ class TabularFit:
             "numeric": [_numeric_state(self.numeric[c], c, config) for c in numeric],
             "categorical": [_categorical_state(self.categorical[c], c, config) for c in categorical],
             "dropped_columns": dropped,
-            "target": fit_target(self.target, schema.target, schema.task, schema.classes, config.scale_target),
+            "target": Target.fit(self.target, schema.target, schema.task, schema.classes,
+                                 config.scale_target).to_state(),
         }
         state["feature_names"] = _feature_names(state)
         return state
@@ -175,7 +176,6 @@ class TabularTransform(TargetCodec):
     def __init__(self, state: dict):
         self.state = state
         self.onehot = state["config"]["categorical"] == "onehot"
-        self.target = state["target"]
         self.feature_names: list[str] = state["feature_names"]
         self.input_columns = [c["name"] for c in state["numeric"] + state["categorical"]]
 

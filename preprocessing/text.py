@@ -439,7 +439,6 @@ class TextTransform(TargetCodec):
             config = {**config, "subwords": "none", "word_ngrams": 1}
         self.state = state
         self.config = TextConfig(**config)
-        self.target = state["target"]
         self.steps = state["steps"]
         self.max_len: int = state["max_len"]
         self.vocab_size: int = state["vocab_size"]

@@ -13,6 +13,7 @@ from preprocessing.errors import DataError
 MAX_CLASSES_FOR_INTEGER_TARGET = 20
 MIN_ROWS_PER_CLASS = 3  # one row each for train, val and test
 NUMERIC_TEXT_THRESHOLD = 0.9  # a text column this much parseable as numbers is a numeric column with typos
+MIXED_NOTE_THRESHOLD = 0.2  # from here up to the above, a text column of numbers and words gets a warning
 
 
 @dataclass
@@ -109,13 +110,15 @@ def _feature_roles(frame, config, target, name, notes) -> tuple[list[str], list[
     usable = usable_features(candidates, [c for c in candidates if frame[c].isna().all()], name, notes)
     numeric, categorical = [], []
     for column in usable:
-        (numeric if is_numeric_feature(frame[column], column, name) else categorical).append(column)
+        (numeric if is_numeric_feature(frame[column], column, name, notes=notes) else categorical).append(column)
     return numeric, categorical
 
 
-def is_numeric_feature(values: pd.Series, column: str, name: str, first_row: int = 0) -> bool:
+def is_numeric_feature(values: pd.Series, column: str, name: str, first_row: int = 0,
+                       notes: list[str] | None = None) -> bool:
     """Numbers and booleans are numeric, text is categorical; infinities, dates and numbers with a few typos
-    are errors naming the data row (`first_row`: rows before these values, for record batches)."""
+    are errors naming the data row (`first_row`: rows before these values, for record batches). A text column
+    of numbers and words is categorical, with a warning in `notes` showing some words."""
     if pd.api.types.is_bool_dtype(values):
         return True
     if pd.api.types.is_numeric_dtype(values):
@@ -140,6 +143,13 @@ def is_numeric_feature(values: pd.Series, column: str, name: str, first_row: int
                         f"{first_row + row + 1} "
                         f"has the text {present.iloc[position]!r}; fix the value, leave the cell empty, or list "
                         "the column under data.ignore")
+    if notes is not None and share >= MIXED_NOTE_THRESHOLD:
+        words = present[parsed.isna().to_numpy()]
+        shown = ", ".join(f"{v!r} (data row {first_row + int(values.index.get_loc(i)) + 1})"
+                          for i, v in words.head(3).items())
+        notes.append(f"column '{column}' in {name} mixes numbers ({share:.0%} of values) and words (e.g. {shown}): "
+                     "it is used as categorical, every distinct number a category of its own; clean it or list it "
+                     "under data.ignore if it should be numeric")
     return False
 
 

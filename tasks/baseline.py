@@ -23,9 +23,9 @@ def fit_baseline(validated: Validated, splits: Splits, prepared: Prepared, confi
     target = transform.target
     served = torch.from_numpy(np.asarray(result.served, dtype=np.float32))
     truth = torch.from_numpy(np.array(test_targets))
-    if target["task"] == "regression":
-        truth = truth.double() * target["std"] + target["mean"]
-    metrics = evaluation.test_metrics(target["task"], served, truth)
+    if target.regression:
+        truth = truth.double() * target.std + target.mean
+    metrics = evaluation.test_metrics(target.task, served, truth)
     return result, {f"baseline_{name}": value for name, value in metrics.items()}
 
 

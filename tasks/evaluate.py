@@ -22,8 +22,8 @@ def serving_model(prepared: Prepared, trained: Trained):
     transform = load_transform(prepared)
     network, saved = load_network(trained.network)
     target = transform.target
-    objective = make_objective(target["task"], len(target["classes"]))
-    return ServingModel(network, objective, target["mean"], target["std"]).eval(), transform, saved
+    objective = make_objective(target.task, target.n_classes)
+    return ServingModel(network, objective, target.mean, target.std).eval(), transform, saved
 
 
 def mlflow_run_url(run_id: str) -> str:
@@ -43,8 +43,8 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     target = transform.target
     work = Path(trained.network).parent  # this training's own folder (sweep trials run side by side)
     extra, warning = [], None
-    if target["task"] == "regression":
-        truth = targets.double() * target["std"] + target["mean"]
+    if target.regression:
+        truth = targets.double() * target.std + target.mean
         metrics = evaluation.test_metrics("regression", served, truth)
         plot = work / "predicted_vs_true.png"
         evaluation.plot_predicted_vs_true(served.reshape(-1).numpy(), truth.numpy(), plot)
@@ -53,7 +53,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
         plot = work / "confusion_matrix.png"
         # bounded whatever the class count: the most frequent classes only above evaluation.PLOT_CLASSES, and the
         # whole matrix as CSV only up to evaluation.CSV_CLASSES
-        drawn = evaluation.confusion_artifacts(served, targets, target["classes"], plot,
+        drawn = evaluation.confusion_artifacts(served, targets, list(target.classes), plot,
                                                work / "confusion_matrix.csv")
         if drawn["csv"]:
             extra.append(work / "confusion_matrix.csv")
@@ -80,7 +80,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
         table = f"| metric | value |\n|---|---|\n{rows}"
     create_markdown_artifact(
         key="train-summary",
-        markdown=(f"# {target['name']}: {target['task']}\n\n{table}\n\n"
+        markdown=(f"# {target.name}: {target.task}\n\n{table}\n\n"
                   f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]({url})\n"),
         description="test metrics of this train-flow run",
     )

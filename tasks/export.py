@@ -29,8 +29,8 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
     model, transform, saved = serving_model(prepared, trained)
     test_inputs = model_inputs(prepared, transform, "test")
     data_type = transform.state.get("data_type", "tabular")
-    output_name = "value" if transform.target["task"] == "regression" else "probabilities"
-    described = {"data_type": data_type, "task": transform.target["task"], "preprocessing": transform.state,
+    output_name = "value" if transform.target.regression else "probabilities"
+    described = {"data_type": data_type, "task": transform.target.task, "preprocessing": transform.state,
                  "metrics": metrics, "run": run_info}  # in the model file, and in the .onnx's metadata
     onnx_bytes, exporter = export_model(model, torch.from_numpy(test_inputs), output_name, data_type)
     onnx_bytes = with_metadata(onnx_bytes, onnx_metadata(**described))
@@ -55,7 +55,7 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
             bundle.with_suffix(".onnx"), predictor, example,
             pip_requirements=pip_requirements() + pyfunc_model.predictor_requirements(data_type),
             metadata={"feature_names": getattr(transform, "feature_names", None),
-                      "classes": transform.target["classes"], "data_type": data_type})
+                      "classes": list(transform.target.classes), "data_type": data_type})
     return Exported(bundle, info.model_uri, max_diff)
 
 

@@ -28,12 +28,17 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str | None = None) -> Path | None:
+    """The database file of a SQLite tracking URI (default: this process's), else None. SQLAlchemy's rule:
+    `sqlite:///relative.db`, `sqlite:////absolute.db`."""
+    uri = uri or tracking_uri()
+    return Path(uri.split(":///", 1)[1]) if uri.startswith("sqlite:///") else None
+
+
 def artifact_root() -> str:
     """Artifacts sit beside a local SQLite database; a remote server decides for itself."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return (Path(urlparse(uri).path).parent / "artifacts").resolve().as_uri()
-    return ""
+    store = sqlite_path()
+    return (store.parent / "artifacts").resolve().as_uri() if store else ""
 
 
 class TrackingUnavailable(TorchyardError):
@@ -54,8 +59,7 @@ def check_reachable(timeout: float = 5.0) -> None:
             reason = getattr(exc, "reason", exc)
             raise TrackingUnavailable(f"the MLflow tracking server {uri} is unreachable ({reason}); start it or "
                                       "point MLFLOW_TRACKING_URI at one that runs") from None
-    elif parsed.scheme == "sqlite":
-        store = Path(uri.split(":///", 1)[1])  # SQLAlchemy's rule: absolute when it starts with "/"
+    elif store := sqlite_path(uri):
         try:
             store.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -110,8 +114,8 @@ def configure() -> MlflowClient:
 
 @functools.cache
 def _client(uri: str) -> MlflowClient:
-    if uri.startswith("sqlite:///"):
-        Path(urlparse(uri).path).parent.mkdir(parents=True, exist_ok=True)
+    if store := sqlite_path(uri):
+        store.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(uri, uri)
 
 

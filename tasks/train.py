@@ -73,7 +73,7 @@ def build_trainer(transform, model_config: ModelConfig, config: TrainerConfig, s
             raise DataError(f"model.pretrained {model_config.pretrained} takes {pretrained['input_size']} input "
                             f"channel(s)/feature(s) but this data has {input_size(transform)}")
     target = transform.target
-    trainer, built_from = fit.build_trainer(model_config, config, task=target["task"], n_classes=len(target["classes"]),
+    trainer, built_from = fit.build_trainer(model_config, config, task=target.task, n_classes=target.n_classes,
                                             input_size=input_size(transform), seed=seed, device=device,
                                             callbacks=callbacks, pretrained=pretrained)
     if pretrained is not None and logger:
@@ -92,8 +92,8 @@ def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, 
     dist = config.distributed
     out = Path(checkpoint_dir)
     target = transform.target
-    job = ddp.write_job(out, arrays=prepared.arrays, model=model_config, train=config, task=target["task"],
-                        n_classes=len(target["classes"]), input_size=input_size(transform), seed=seed,
+    job = ddp.write_job(out, arrays=prepared.arrays, model=model_config, train=config, task=target.task,
+                        n_classes=target.n_classes, input_size=input_size(transform), seed=seed,
                         device=device.type)
     command = ddp.torchrun_command(job, dist)
     logger.info(f"data-parallel training: {dist.nproc_per_node} process(es) x {dist.nnodes} node(s) "
@@ -147,7 +147,7 @@ def resolve_config(prepared: Prepared, transform, model_config: ModelConfig, con
     if n_train < 2:
         raise DataError(f"the train split holds {n_train} row(s); training needs at least 2 (BatchNorm): add rows "
                         "or give split.train a larger share")
-    task_name = transform.target["task"]
+    task_name = transform.target.task
     model_config = model_config.for_data(task_name, n_train, kinds.of(transform).numeric_inputs(transform))
     resolved = config.resolved(n_train, task=task_name)
     if config.batch_size is None:

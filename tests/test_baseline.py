@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from preprocessing.targets import Target
 from training import baseline, lr_finder
 from training.config import TrainerConfig, auto_batch_size
 from training.data import TensorData
 from training.objectives import make_objective
 
-CLASSES = {"name": "y", "task": "classification", "classes": ["a", "b", "c"], "mean": 0.0, "std": 1.0}
+CLASSES = Target("y", "classification", ("a", "b", "c"))
 
 
 def test_tabular_baseline_returns_probabilities_for_every_class_even_one_missing_from_train():
@@ -34,7 +35,7 @@ def test_regression_baseline_predicts_on_the_original_scale():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 2))
     scaled = x[:, 0] * 2.0  # the training targets as preprocess writes them: (y - mean) / std
-    target = {"name": "y", "task": "regression", "classes": [], "mean": 100.0, "std": 10.0}
+    target = Target("y", "regression", mean=100.0, std=10.0)
     result = baseline.tabular(x, scaled, x[:50], target, seed=0)
     assert result.served.shape == (50, 1)
     assert np.corrcoef(result.served[:, 0], 100 + 10 * scaled[:50])[0, 1] > 0.95
@@ -44,7 +45,7 @@ def test_regression_baseline_predicts_on_the_original_scale():
 def test_text_baseline_learns_words():
     texts = ["good great fine", "bad awful poor", "great good", "poor bad"] * 10
     labels = np.array([0, 1, 0, 1] * 10)
-    target = {"name": "y", "task": "classification", "classes": ["pos", "neg"], "mean": 0.0, "std": 1.0}
+    target = Target("y", "classification", ("pos", "neg"))
     result = baseline.text(texts, labels, ["so good", "so bad"], target, seed=0)
     assert result.served.argmax(1).tolist() == [0, 1]
     assert result.name.startswith("tfidf-1-2gram+LogisticRegression")

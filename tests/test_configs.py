@@ -33,3 +33,19 @@ def test_the_flow_signature_is_the_typed_config():
     from flows.train_flow import train_flow
 
     assert list(train_flow.parameters.properties) == list(RunConfig.model_fields)
+
+
+def test_the_sweep_flow_takes_the_same_sections_typed():
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.sweep_flow import sweep_flow
+
+    schema = sweep_flow.parameters
+    assert list(schema.properties) == ["sweep"] + [name for name in RunConfig.model_fields
+                                                   if name not in ("parallel", "baseline", "model_fn")]
+    assert schema.required == ["sweep"]
+    assert schema.properties["train"]["$ref"] == "#/definitions/TrainerConfig"  # a form, not a free JSON field
+    checked = sweep_flow.validate_parameters({"sweep": {"parameters": {"train.lr": [0.1]}}, "train": {"n_epochs": 3}})
+    assert checked["train"].n_epochs == 3 and checked["model"].type == "auto"
+    with pytest.raises(ParameterTypeError, match="n_epochs"):
+        sweep_flow.validate_parameters({"sweep": {"parameters": {}}, "train": {"n_epochs": "many"}})

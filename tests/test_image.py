@@ -212,3 +212,23 @@ def test_manifest_paths_and_links_must_stay_inside_the_data_folder(tmp_path):
         image.list_images(data, ImageConfig(), "label")
     (data / "m.csv").unlink()
     assert len(image.list_images(data, ImageConfig(allow_outside_paths=True), "label")) == 2
+
+
+def test_fingerprinting_reads_a_large_file_in_chunks(tmp_path):
+    import hashlib
+    import tracemalloc
+
+    big = tmp_path / "cat" / "big.png"
+    big.parent.mkdir()
+    with open(big, "wb") as file:
+        file.truncate(64 * 2**20)  # 64 MiB of zeros (sparse: instant to write)
+    listing = pd.DataFrame({"path": [str(big)], "label": ["cat"]})
+    tracemalloc.start()
+    try:
+        fingerprint = image.fingerprint_files(listing, tmp_path, "label")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = hashlib.sha256(b"cat/big.png\0cat\0" + hashlib.sha256(bytes(64 * 2**20)).digest()).hexdigest()[:16]
+    assert fingerprint == expected
+    assert peak < 8 * 2**20, f"hashing held {peak / 2**20:.0f} MiB at once"

@@ -33,6 +33,17 @@ def test_unreachable_tracking_server_fails_in_seconds_naming_the_uri(tmp_path):
     print(f"failed after {elapsed:.1f} s (including the temporary Prefect server's start)")
 
 
+def test_a_relative_sqlite_store_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
+    from tasks import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store/mlflow.db")  # SQLAlchemy: relative to the cwd
+    assert tracking.sqlite_path() == Path("store/mlflow.db")
+    assert tracking.artifact_root() == (tmp_path / "store" / "artifacts").as_uri()
+    assert tracking.sqlite_path("sqlite:////abs/m.db") == Path("/abs/m.db")
+    assert tracking.sqlite_path("http://127.0.0.1:5000") is None
+
+
 def test_a_damaged_mlflow_store_is_named_with_what_to_do_in_train_py_and_serving(tmp_path):
     store = tmp_path / "mlflow.db"
     store.write_bytes(b"SQLite format 3\x00" + os.urandom(8192))  # the header survived, the pages did not

@@ -8,6 +8,7 @@ from preprocessing import tabular
 from preprocessing.config import DataConfig, TabularConfig
 from preprocessing.errors import DataError
 from preprocessing.tabular import TabularTransform
+from preprocessing.targets import Target
 from preprocessing.validate import validate_table
 
 
@@ -121,6 +122,26 @@ def test_regression_target_scaling():
     scaled = transform.encode_target(train["y"])
     assert scaled.mean() == pytest.approx(0, abs=1e-6) and scaled.std() == pytest.approx(1, abs=1e-5)
     assert transform.n_outputs == 1
+
+
+def test_a_target_whose_squared_error_overflows_float32_is_refused_unless_scaled():
+    train = pd.DataFrame({"x": np.arange(6.0), "y": [1e20, 2e20, 3e20, 1.0, 2.0, 3.0]})
+    _, schema = validate_table(train, DataConfig(target="y", task="regression"), "t")
+    unscaled = TabularTransform(tabular.fit(train, schema, TabularConfig(scale_target=False)))
+    assert unscaled.target.mean == 0.0 and unscaled.target.std == 1.0
+    with pytest.raises(DataError, match=r"target 'y' has 3 value\(s\) whose squared error overflows float32 "
+                                        r"unscaled .* \(first: 1e\+20 at data row 1\); keep preprocess.scale_target on"):
+        unscaled.encode_target(train["y"])
+    scaled = TabularTransform(tabular.fit(train, schema, TabularConfig()))  # the default: standardised, trainable
+    assert np.isfinite(scaled.encode_target(train["y"]) ** 2).all()
+
+
+def test_the_target_is_typed_and_its_state_is_plain_data(train):
+    transform = fitted(train)
+    assert transform.target == Target("y", "classification", ("p", "q"))
+    assert Target.from_state(json.loads(json.dumps(transform.target.to_state()))) == transform.target
+    assert transform.state["target"] == {"name": "y", "task": "classification", "classes": ["p", "q"], "mean": 0.0,
+                                         "std": 1.0}  # the saved form of model files written before the type
 
 
 def test_features_are_float32_and_vectorised():

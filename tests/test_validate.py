@@ -63,6 +63,16 @@ def test_numeric_column_with_text_names_column_row_and_value():
         validate_table(frame(age=ages, y=[0, 1] * 10), DataConfig(target="y"), "f.csv")
 
 
+def test_a_column_of_numbers_and_words_is_categorical_with_a_warning_showing_words():
+    sizes = ["10", "12", "small", "14", None, "large", "16", "xl", "9", "11"]
+    _, schema = validate_table(frame(size=sizes, kind=list("abababab") + ["a", "b"], y=[0, 1] * 5),
+                               DataConfig(target="y"), "f.csv")
+    assert schema.categorical == ["size", "kind"]
+    (note,) = schema.notes
+    assert note.startswith("column 'size' in f.csv mixes numbers (67% of values) and words (e.g. 'small' (data row 3), "
+                           "'large' (data row 6), 'xl' (data row 8))")
+
+
 def test_all_features_null():
     with pytest.raises(DataError, match="all feature columns in f.csv are empty"):
         validate_table(frame(a=[None] * 4, b=[np.nan] * 4, y=[1.0, 2, 3, 4]), DataConfig(target="y"), "f.csv")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from preprocessing.targets import Target
 from training.metrics import improvement
 
 PREDICT_ROWS = 65536
@@ -48,17 +49,17 @@ def subsample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def _served(model, inputs, task: str, n_classes: int, target: dict) -> np.ndarray:
+def _served(model, inputs, task: str, n_classes: int, target: Target) -> np.ndarray:
     if task == "regression":
-        return (model.predict(inputs).astype(np.float64) * target["std"] + target["mean"]).reshape(-1, 1)
+        return (model.predict(inputs).astype(np.float64) * target.std + target.mean).reshape(-1, 1)
     proba = model.predict_proba(inputs)
     full = np.zeros((proba.shape[0], n_classes))  # a class missing from the train split gets probability 0
     full[:, model.classes_.astype(np.int64)] = proba
     return full
 
 
-def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: dict) -> Baseline:
-    task, n_classes = target["task"], len(target["classes"])
+def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: Target) -> Baseline:
+    task, n_classes = target.task, target.n_classes
     train_targets = np.asarray(train_targets)
     if task == "classification" and len(np.unique(train_targets)) < 2:
         raise BaselineSkipped("the train split holds a single class")
@@ -70,19 +71,19 @@ def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: dic
     return Baseline(name, served, time.perf_counter() - started, len(train_targets))
 
 
-def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features: np.ndarray, target: dict,
+def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features: np.ndarray, target: Target,
             seed: int) -> Baseline:
     """HistGradientBoosting with its defaults on the preprocessed features (imputed, scaled, one-hot)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    if target["task"] == "regression":
+    if target.regression:
         model = HistGradientBoostingRegressor(random_state=seed)
     else:
         model = HistGradientBoostingClassifier(random_state=seed)
     return _fit(model, type(model).__name__, train_features, train_targets, test_features, target)
 
 
-def text(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str], target: dict,
+def text(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str], target: Target,
          seed: int) -> Baseline:
     """tf-idf of word 1-2 grams (scikit-learn's own tokenizer, on the raw texts), then logistic regression
     (classification) or ridge regression."""
@@ -90,7 +91,7 @@ def text(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
 
-    head = Ridge() if target["task"] == "regression" else LogisticRegression(max_iter=1000, random_state=seed)
+    head = Ridge() if target.regression else LogisticRegression(max_iter=1000, random_state=seed)
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), head)
     return _fit(model, f"tfidf-1-2gram+{type(head).__name__}", train_texts, train_targets, test_texts, target)
 
@@ -104,7 +105,7 @@ def downscale(images: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.ndarray, target: dict,
+def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.ndarray, target: Target,
           seed: int) -> Baseline:
     """Logistic regression on standardised, downscaled pixels (uint8 [N, H, W, C] crops as the network sees)."""
     from sklearn.linear_model import LogisticRegression

@@ -8,7 +8,7 @@ import torch
 
 from preprocessing import text
 from preprocessing.kinds.base import Checked, Fitted, Kind, Record
-from preprocessing.targets import fit_target
+from preprocessing.targets import Target
 from preprocessing.text import TextTransform
 
 
@@ -30,7 +30,7 @@ class Text(Kind):
     def fit_parts(self, parts, schema, settings, cache, work, mapper):
         config = settings.text
         column, train = config.text_column, parts["train"]
-        target = fit_target(train[schema.target], schema.target, schema.task, schema.classes)
+        target = Target.fit(train[schema.target], schema.target, schema.task, schema.classes).to_state()
         arrays, record = {}, Record()
         with mapper() as map_chunks:  # cleaning and tokenization, chunk by chunk on Dask if asked
             state, arrays["train_ids"] = text.fit(train[column], target, config, map_chunks)
