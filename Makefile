@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality bench-startup mlflow-ui clean
+.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality bench-startup bench-batch docker-build mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ bench-startup: install
 bench-quality: install
 	$(PY) -m pip install --quiet --no-deps --target .torchyard/bench-packages -r bench/requirements-quality.txt
 	$(PY) bench/bench_quality.py
+
+# 5,000,000 wine-schema rows of Parquet: chunked predict.py vs mlflow.pyfunc.load_model on the whole frame (issue 16)
+bench-batch: install
+	$(PY) bench/bench_batch_predict.py
+
+# the REST API image (Dockerfile); run it with: docker run --rm -p 8000:8000 -v "$$PWD/models:/models:ro" torchyard-serve
+docker-build:
+	docker build -t torchyard-serve .
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

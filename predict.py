@@ -3,6 +3,12 @@
     python predict.py --model_fn m.pth --input rows.csv                 # CSV to stdout
     python predict.py --model_fn m.pth --input test.csv --output preds.csv
     python predict.py --model_fn digits.pth --input photos_to_label/    # images: folders, manifests or files
+    python predict.py --model_fn m.pth --input big.parquet --output preds.parquet --chunk_rows 100000
+
+A CSV or Parquet table for a model that takes rows is streamed (serving/batch.py): read, predicted and written in
+chunks of --chunk_rows rows, so memory is bounded by the chunk, with a progress bar (rows/s) on a terminal. The
+output equals predicting the whole file at once. Other inputs (JSON lines, bundled samples, images, texts) are read
+whole.
 """
 import argparse
 import os
@@ -18,7 +24,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "URL; for an image model: image files, folders (searched recursively) or manifests")
     p.add_argument("--output", help="write here (.csv, .parquet or .jsonl); default: CSV on stdout")
     p.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "json"], help="input format")
+    p.add_argument("--chunk_rows", type=_positive, default=None, help="rows read, predicted and written at a time "
+                   "when a CSV/Parquet table is streamed (default 50000); memory grows with it, not with the file")
     return p.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rows, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def write(frame, output: str | None) -> None:
@@ -38,11 +56,18 @@ def write(frame, output: str | None) -> None:
 def main(argv=None) -> int:
     from preprocessing import kinds
     from preprocessing.errors import TorchyardError
+    from serving import batch
     from serving.inference import Predictor
 
     args = parse_args(argv)
     try:
         predictor = Predictor.load(args.model_fn)
+        if batch.streams(predictor, args.input, args.format):
+            result = batch.predict_file(predictor, args.input[0], args.output, args.chunk_rows or
+                                        batch.DEFAULT_CHUNK_ROWS, args.format)
+            if args.output:
+                print(f"wrote {result.rows} predictions to {args.output}", file=sys.stderr)
+            return 0
         kind = kinds.of(predictor.transform)
         inputs = kind.read_inputs(args.input, args.format, predictor.transform)
         predictions = kind.predict_frame(predictor, inputs, args.input[0])

@@ -19,7 +19,7 @@ from preprocessing.errors import DataError
 SAMPLE_PREFIX = "sklearn:"
 SAMPLES = ("wine", "breast_cancer", "diabetes", "iris")
 TEXT_SAMPLE = "sample:reviews"  # preprocessing/samples.py
-_PARQUET_MAGIC = b"PAR1"
+PARQUET_MAGIC = b"PAR1"
 _SUFFIX_FORMATS = {
     ".csv": "csv", ".tsv": "csv", ".txt": "csv",
     ".parquet": "parquet", ".pq": "parquet",
@@ -28,8 +28,8 @@ _SUFFIX_FORMATS = {
 
 
 MAX_FILE_MB, MAX_LINE_MB = 2048, 64  # data.max_file_mb, data.max_line_mb
-_DELIMITERS = (";", "\t", "|")  # tried when a CSV's header has no comma
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+DELIMITERS = (";", "\t", "|")  # tried when a CSV's header has no comma
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class TransientReadError(DataError):
@@ -60,7 +60,7 @@ def read_table(source: str, fmt: str = "auto", timeout: float = 30.0, encoding_e
     raw = fetch(source, timeout, limit) if remote else _read_local(source, limit)
     if not raw:
         raise DataError(f"{name} is empty (0 bytes); expected a CSV, Parquet or JSON-lines table")
-    fmt = _guess_format(name, raw) if fmt == "auto" else fmt
+    fmt = guess_format(name, raw) if fmt == "auto" else fmt
     if fmt != "parquet":
         _check_lines(name, raw, max_line_mb)
     frame = _parse(name, raw, fmt, encoding_errors)
@@ -122,7 +122,7 @@ def _read_local(source: str, limit: int) -> bytes:
             raise _too_large(source, limit)
         with path.open("rb") as stream:  # not a regular file (a pipe, /dev/zero): read no more than the limit
             head = stream.read(2**20)
-            _refuse_binary(source, head, "parquet" if head[:4] == _PARQUET_MAGIC else "csv")
+            refuse_binary(source, head, "parquet" if head[:4] == PARQUET_MAGIC else "csv")
             raw = head + stream.read(max(0, limit + 1 - len(head)))
     except OSError as exc:
         raise DataError(f"cannot read {source}: {exc.strerror or exc}") from exc
@@ -153,16 +153,16 @@ def fetch(url: str, timeout: float, limit: int = MAX_FILE_MB * 2**20) -> bytes:
     return raw
 
 
-def _guess_format(name: str, raw: bytes) -> str:
-    if raw[:4] == _PARQUET_MAGIC:
+def guess_format(name: str, raw: bytes) -> str:
+    if raw[:4] == PARQUET_MAGIC:
         return "parquet"
     suffix = Path(urlparse(name).path).suffix.lower()
     return _SUFFIX_FORMATS.get(suffix, "csv")
 
 
-def _refuse_binary(name: str, head: bytes, fmt: str) -> None:
+def refuse_binary(name: str, head: bytes, fmt: str) -> None:
     """A text format whose first bytes hold NULs is binary data (or UTF-16 without a byte-order mark)."""
-    if fmt != "parquet" and head[:2] not in _UTF16_BOMS and b"\x00" in head[:8192]:
+    if fmt != "parquet" and head[:2] not in UTF16_BOMS and b"\x00" in head[:8192]:
         raise DataError(f"{name} does not look like a {fmt.upper()} file: it contains NUL bytes (binary data, or "
                         "UTF-16/UTF-32 text without a byte-order mark: re-save it as UTF-8)")
 
@@ -173,7 +173,7 @@ def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> p
             return pd.read_parquet(io.BytesIO(raw))
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
             raise DataError(f"{name} could not be read as Parquet: {exc}") from exc
-    if raw[:2] in _UTF16_BOMS:  # Excel's "Unicode text" and PowerShell write UTF-16 with a byte-order mark
+    if raw[:2] in UTF16_BOMS:  # Excel's "Unicode text" and PowerShell write UTF-16 with a byte-order mark
         try:
             frame = _parse_text(name, raw.decode("utf-16"), fmt)
         except UnicodeDecodeError as exc:
@@ -182,7 +182,7 @@ def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> p
         frame.attrs["replaced_characters"] = 0
         frame.attrs.setdefault("warnings", []).append(f"{name} was read as UTF-16 (it has a UTF-16 byte-order mark)")
         return frame
-    _refuse_binary(name, raw, fmt)
+    refuse_binary(name, raw, fmt)
     replaced = 0
     try:
         text = raw.decode("utf-8-sig")
@@ -204,8 +204,8 @@ def _parse_text(name: str, text: str, fmt: str) -> pd.DataFrame:
         return _parse_json(name, text)
     header = text[:text.find("\n")] if "\n" in text else text
     sep, notes = "\t" if name.lower().endswith(".tsv") else ",", []
-    if sep == "," and "," not in header and any(d in header for d in _DELIMITERS):
-        sep = max(_DELIMITERS, key=header.count)  # a semicolon CSV (European Excel) read as one column otherwise
+    if sep == "," and "," not in header and any(d in header for d in DELIMITERS):
+        sep = max(DELIMITERS, key=header.count)  # a semicolon CSV (European Excel) read as one column otherwise
         notes.append(f"{name}: the header has no comma, so the columns were split on {sep!r}")
     try:
         frame = pd.read_csv(io.StringIO(text), sep=sep)
