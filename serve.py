@@ -5,6 +5,7 @@ without them); this entry point connects the MLflow registry (tasks/registry.py)
 reference.
 """
 import argparse
+import json
 import logging
 import os
 import sys
@@ -30,7 +31,39 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(Authorization: Bearer <key> or X-API-Key); default $TORCHYARD_API_KEY. Without one, /reload "
                    "answers only when the server listens on a loopback address")
     p.add_argument("--protect-predict", action="store_true", help="/predict and /invocations need the key too")
+    p.add_argument("--workers", type=int, default=1, help="server processes (uvicorn workers) sharing the port, "
+                   "each with its own copy of the model: more requests per second on a machine with idle cores; "
+                   "1 (the default) when the machine runs other work or the model is large")
+    p.add_argument("--max-in-flight", type=int, default=64, help="most prediction requests one process works on at "
+                   "once; more are answered 503 with Retry-After instead of waiting (0: no limit)")
+    p.add_argument("--retry-after", type=int, default=1, help="seconds in the Retry-After header of a 503")
+    p.add_argument("--inline-bytes", type=int, default=16384, help="tabular /predict bodies up to this size are "
+                   "answered on the event loop (cheaper than a thread hop); 0: every request's work on a thread")
     return p.parse_args(argv)
+
+
+SETTINGS_ENV = "TORCHYARD_SERVE_SETTINGS"  # how `--workers N` hands the settings to the worker processes
+
+
+def _registry(model: str):
+    """MLflow's registry for a registry reference (tasks/registry.py), None for a file."""
+    from serving.registry import registry_uri
+
+    if not registry_uri(model):
+        return None
+    from tasks import registry
+
+    return registry
+
+
+def worker_app():
+    """The app of one uvicorn worker process (`--workers N`): the settings from the parent, the model loaded and
+    checked again here (each worker holds its own copy)."""
+    from serving.app import ServeSettings, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENV]))
+    return create_app(settings, registry=_registry(settings.model))
 
 
 def main(argv=None) -> int:
@@ -53,10 +86,16 @@ def main(argv=None) -> int:
     if args.protect_predict and not args.api_key:
         print("error: --protect-predict needs --api-key (or TORCHYARD_API_KEY)", file=sys.stderr)
         return 2
+    if args.workers < 1 or args.max_in_flight < 0 or args.inline_bytes < 0 or args.retry_after < 0:
+        print("error: --workers must be at least 1; --max-in-flight, --inline-bytes and --retry-after at least 0",
+              file=sys.stderr)
+        return 2
     settings = ServeSettings(model=args.model, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                              api_key=args.api_key, protect_predict=args.protect_predict,
                              loopback=args.host in ("127.0.0.1", "localhost", "::1"),
-                             max_image_side=args.max_image_side, reload_interval=args.reload_interval)
+                             max_image_side=args.max_image_side, reload_interval=args.reload_interval,
+                             max_in_flight=args.max_in_flight, retry_after=args.retry_after,
+                             inline_bytes=args.inline_bytes)
     try:
         loaded = load(settings.model, registry)
     except Exception as exc:
@@ -65,14 +104,22 @@ def main(argv=None) -> int:
             raise
         print(f"error: cannot serve {args.model}: {reason}", file=sys.stderr)
         return 2
-    app = create_app(settings, loaded, registry)
     ref = loaded.ref
     logging.getLogger("torchyard.serving").info(
         f"serving {ref.uri}" + (f" version {ref.version}" if ref.version else "")
-        + f" ({loaded.predictor.data_type}) on http://{args.host}:{args.port} (docs at /docs)")
+        + f" ({loaded.predictor.data_type}) on http://{args.host}:{args.port} (docs at /docs)"
+        + (f" with {args.workers} worker processes" if args.workers > 1 else ""))
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+    if args.workers > 1:  # each worker imports this module and builds its app with worker_app()
+        del loaded  # checked above so that a bad model stops here; the workers load their own copies
+        os.environ[SETTINGS_ENV] = json.dumps(settings.model_dump())
+        uvicorn.run("serve:worker_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+                    access_log=args.access_log, log_level="info", http="serving.nodelay:NoDelayProtocol",
+                    app_dir=os.path.dirname(os.path.abspath(__file__)))
+        return 0
+    uvicorn.run(create_app(settings, loaded, registry), host=args.host, port=args.port, access_log=args.access_log,
+                log_level="info")
     return 0
 
 

@@ -12,9 +12,17 @@ OpenAPI document says exactly what to send. Every error is a 4xx with a message;
 
 Bounded work per request: the body's size is checked as it arrives (max_body_bytes), the number of rows, texts or
 images before any of them is validated (max_batch), and an error body lists at most MAX_ERRORS problems. Decoding,
-validation, preprocessing and ONNX Runtime run on worker threads, never on the event loop, so /health answers while
-a large request is being worked on. A model replaces the served one only after a complete check
+validation, preprocessing and ONNX Runtime run on worker threads, so /health answers while a large request is being
+worked on; only a tabular body of at most inline_bytes is answered on the event loop, on the fast path (well under a
+millisecond: cheaper than the hop to a thread). Multipart image uploads are parsed on a worker thread too. At most
+max_in_flight prediction requests are worked on at once; more are answered 503 with Retry-After at once, instead of
+queueing with a latency that grows without bound. A model replaces the served one only after a complete check
 (serving.inference.load_checked: the file's fields, the preprocessing state, the ONNX graph, one prediction).
+
+Tabular /predict takes the fast path first (serving/compiled.py: the rows validated column by column, preprocessing
+compiled to numpy, no pandas, orjson); any request it does not take (invalid, or unusual) goes through the pydantic
+request model and the Predictor, which answer exactly as before: the two paths give the same predictions and the
+same errors.
 """
 import base64
 import binascii
@@ -27,6 +35,8 @@ import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
+import orjson
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -36,8 +46,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from preprocessing.errors import TorchyardError
+from serving.compiled import CompiledTable
 from serving.inference import Predictor, load_checked
-from serving import scoring
+from serving import multipart, scoring
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.registry import ModelRef, Registry, current_version, registry_uri, resolve
 
@@ -61,6 +72,12 @@ class ServeSettings(BaseModel):
                                 "address.")
     loopback: bool = Field(True, description="The server listens on a loopback address only.")
     protect_predict: bool = Field(False, description="/predict and /invocations need the api_key too.")
+    max_in_flight: int = Field(64, ge=0, description="Most prediction requests (/predict, /invocations) worked on at "
+                               "once by one server process; more are answered 503 with Retry-After (0: no limit).")
+    retry_after: int = Field(1, ge=0, description="Seconds in the Retry-After header of a 503.")
+    inline_bytes: int = Field(16384, ge=0, description="Tabular /predict bodies up to this size are answered on the "
+                              "event loop by the fast path (cheaper than a thread hop); larger ones, and every other "
+                              "request's work, on worker threads (0: always on a thread).")
 
 
 class TooLarge(TorchyardError):
@@ -95,6 +112,14 @@ class Loaded:
     predictor: Predictor
     ref: ModelRef
     schema: dict
+    _compiled: CompiledTable | None = None
+
+    @property
+    def compiled(self) -> CompiledTable:
+        """The fast path of a tabular model (serving/compiled.py), built on first use."""
+        if self._compiled is None:
+            self._compiled = CompiledTable(self.predictor)
+        return self._compiled
 
 
 def load(reference: str, registry: Registry | None = None) -> Loaded:
@@ -208,8 +233,10 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
                               f"{loaded.predictor.bundle.task}).")
     app.state.serving = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, retry_after=settings.retry_after)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: it also counts the 413s
     _error_handlers(app)
+    ROUTES[loaded.schema["kind"]](app, state, settings, loaded.schema)  # first: the route matched most often
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -247,13 +274,16 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
         return Response(_package_version(), media_type="text/plain")
 
     @app.post("/invocations", openapi_extra=_scoring_body())
-    async def invocations(request: Request) -> JSONResponse:
+    async def invocations(request: Request) -> Response:
         _authorize(request, settings)
         current = state.current
         raw = await request.body()
-        return await run_in_threadpool(_invoke, state, current, raw, request.headers.get("content-type"))
+        content_type = request.headers.get("content-type")
+        response = await _inline_or_threaded(settings, raw, _fast_invoke, state, current, raw, content_type)
+        if response is None:
+            response = await run_in_threadpool(_invoke, state, current, raw, content_type)
+        return response
 
-    ROUTES[loaded.schema["kind"]](app, state, settings, loaded.schema)
     if settings.reload_interval > 0:
         _start_polling(state, settings.reload_interval)
     return app
@@ -270,12 +300,64 @@ def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: di
         state.metrics.observe_features(frame, current.predictor.transform.state.get("numeric", []))
         return _respond(current, table, state.metrics)
 
+    def fast(current: Loaded, raw: bytes, content_type: str | None) -> Response | None:
+        outputs = _fast(state, current, raw, content_type, "rows")
+        if outputs is None:
+            return None
+        return OrjsonResponse({"predictions": current.compiled.predictions(outputs),
+                               "model": {"name": current.ref.name, "version": current.ref.version}})
+
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(request_model))
-    async def predict_rows(request: Request) -> JSONResponse:
+    async def predict_rows(request: Request) -> Response:
         _authorize(request, settings)
         current = state.current
-        raw = await request.body()  # bounded by BodyLimit; everything after it runs on a worker thread
-        return await run_in_threadpool(predict, current, raw, request.headers.get("content-type"))
+        raw = await request.body()  # bounded by BodyLimit
+        content_type = request.headers.get("content-type")
+        response = await _inline_or_threaded(settings, raw, fast, current, raw, content_type)
+        if response is None:
+            response = await run_in_threadpool(predict, current, raw, content_type)
+        return response
+
+
+async def _inline_or_threaded(settings: ServeSettings, raw: bytes, function, *args):
+    """`function(*args)` on the event loop for a body of at most inline_bytes (sub-millisecond work on the fast
+    path, cheaper than the hop to a thread), else on a worker thread."""
+    if len(raw) <= settings.inline_bytes:
+        return function(*args)
+    return await run_in_threadpool(function, *args)
+
+
+def _fast(state: "_State", current: Loaded, raw: bytes, content_type: str | None, route: str) -> np.ndarray | None:
+    """The model's outputs for a tabular /predict (`route` "rows") or /invocations ("scoring") body taken by the
+    fast path (serving/compiled.py), metrics counted; None for a request it leaves to the Predictor path."""
+    if current.schema["kind"] != "rows" or (content_type not in (None, "application/json")
+                                             and not _is_json(content_type)):
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # NaN, Infinity, malformed: json.loads and pydantic say what is wrong
+        return None
+    compiled = current.compiled
+    if route == "rows":
+        if type(data) is dict and type(data.get("rows")) is list:
+            _check_batch(len(data["rows"]), state.settings)  # 413, as the Predictor path would answer
+        columns = compiled.columns_of(data)
+    else:
+        columns = compiled.scoring_columns_of(data)
+        if columns is not None and len(columns[compiled.columns[0]]) > state.settings.max_batch:
+            return None  # scoring.parse answers 413 in its words
+    if columns is None:
+        return None
+    made = compiled.features(columns)
+    if made is None:
+        return None
+    features, raw_numbers = made
+    outputs = compiled.outputs(features)
+    if outputs is None:
+        return None
+    state.metrics.predicted(current.ref.name, current.ref.version, len(outputs))
+    state.metrics.observe_counts(*compiled.out_of_range(raw_numbers))
+    return outputs
 
 
 def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
@@ -415,7 +497,16 @@ def _json_body(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
-def _invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
+def _fast_invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None) -> Response | None:
+    """/invocations of records on the fast path; None for a request it leaves to _invoke."""
+    try:
+        outputs = _fast(state, current, raw, content_type, "scoring")
+    except TorchyardError:  # _invoke answers it in MLflow's error shape
+        return None
+    return None if outputs is None else OrjsonResponse({"predictions": current.compiled.records(outputs)})
+
+
+def _invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None) -> Response:
     """POST /invocations (serving/scoring.py): MLflow's request formats in, MLflow's response shape out, through the
     same Predictor as /predict. On a worker thread."""
     try:
@@ -434,7 +525,7 @@ def _invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None
     except (TorchyardError, ValueError, TypeError, KeyError) as exc:  # a frame of any shape can be sent here
         return JSONResponse({"error_code": "BAD_REQUEST", "message": _short(str(exc), 2000)}, status_code=400)
     state.metrics.predicted(current.ref.name, current.ref.version, len(table))
-    return JSONResponse(scoring.answer(table))
+    return OrjsonResponse(scoring.answer(table))
 
 
 def _scoring_body() -> dict:
@@ -452,7 +543,7 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _respond(current: Loaded, table: pd.DataFrame, metrics: ServingMetrics) -> JSONResponse:
+def _respond(current: Loaded, table: pd.DataFrame, metrics: ServingMetrics) -> Response:
     """The response, rendered here on the worker thread (PredictResponse documents it)."""
     metrics.predicted(current.ref.name, current.ref.version, len(table))
     classes = current.predictor.classes
@@ -463,23 +554,34 @@ def _respond(current: Loaded, table: pd.DataFrame, metrics: ServingMetrics) -> J
         if probabilities is not None:
             entry["probabilities"] = {str(c): float(p) for c, p in zip(classes, probabilities[i])}
         predictions.append(entry)
-    return JSONResponse({"predictions": predictions,
-                         "model": {"name": current.ref.name, "version": current.ref.version}})
+    return OrjsonResponse({"predictions": predictions,
+                           "model": {"name": current.ref.name, "version": current.ref.version}})
+
+
+class OrjsonResponse(Response):
+    """A JSON response rendered by orjson (several times faster than json.dumps; numpy scalars and arrays too)."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 async def _read_images(request: Request, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
     content_type = request.headers.get("content-type", "")
+    raw = await request.body()  # bounded by BodyLimit; parsed and checked on a worker thread
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=settings.max_batch + 1)
-        uploads = [f for f in form.getlist("files") if hasattr(f, "read")]
-        if not uploads:
-            raise RequestError("send the images as multipart form fields named 'files'")
-        names = [u.filename or f"files[{i}]" for i, u in enumerate(uploads)]
-        files = [await u.read() for u in uploads]
-    else:
-        raw = await request.body()
-        names, files = await run_in_threadpool(_decode_images, raw, settings)
-    await run_in_threadpool(_check_images, names, files, settings)
+        return await run_in_threadpool(_uploaded_images, raw, content_type, settings)
+    return await run_in_threadpool(_decode_images, raw, settings)
+
+
+def _uploaded_images(raw: bytes, content_type: str, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
+    uploads = multipart.files(raw, content_type, "files", max_files=settings.max_batch + 1)
+    if not uploads:
+        raise RequestError("send the images as multipart form fields named 'files'")
+    names = [name or f"files[{i}]" for i, (name, _) in enumerate(uploads)]
+    files = [data for _, data in uploads]
+    _check_images(names, files, settings)
     return names, files
 
 
@@ -494,6 +596,7 @@ def _decode_images(raw: bytes, settings: ServeSettings) -> tuple[list[str], list
             files.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError):
             raise RequestError(f"{name} is not valid base64") from None
+    _check_images(names, files, settings)
     return names, files
 
 
@@ -607,6 +710,34 @@ class BodyLimit:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+PREDICTION_ROUTES = frozenset({"/predict", "/invocations"})
+
+
+class InFlightLimit:
+    """ASGI middleware: at most `limit` prediction requests worked on at once (0: no limit); one more is answered
+    503 with Retry-After at once, before its body is read, instead of waiting behind the others. The other routes
+    (/health, /metrics, /reload...) are never refused. One event loop per process: a plain counter is enough."""
+
+    def __init__(self, app, limit: int, retry_after: int = 1):
+        self.app, self.limit, self.retry_after = app, limit, retry_after
+        self.active = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.limit or scope["path"] not in PREDICTION_ROUTES:
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            response = JSONResponse({"detail": f"the server is busy: {self.active} prediction requests are being "
+                                               f"worked on, the most it takes at once (--max-in-flight); retry in "
+                                               f"{self.retry_after} s or add workers (--workers)"},
+                                    status_code=503, headers={"Retry-After": str(self.retry_after)})
+            return await response(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 def _start_polling(state: _State, interval: float) -> None:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 ROUTES = ("/predict", "/invocations", "/health", "/ping", "/version", "/model", "/reload", "/metrics", "/docs",
           "/openapi.json")  # anything else is counted as "other": a label per unknown path would grow without bound
@@ -33,11 +34,19 @@ class ServingMetrics:
                            ["model", "version", "alias", "data_type"], registry=registry)
         self.reloads = Counter("torchyard_reloads", "Reloads of the model reference, by outcome (reloaded, "
                                "unchanged, refused, failed)", ["outcome"], registry=registry)
-        self.skew = Gauge("torchyard_feature_out_of_range_ratio", "Share of the served values of a numeric feature "
-                          "outside the training split's min/max, since the server started", ["feature"],
-                          registry=registry)
         self._seen: dict[str, list[int]] = {}  # feature -> [values seen, values outside]
         self._lock = threading.Lock()
+        self.skew = _SkewGauge(self._seen, self._lock)  # computed from the counts when scraped, not per request
+        registry.register(self.skew)
+        self._children: dict = {}  # (metric, labels) -> its child: labels() costs microseconds on every request
+
+    def child(self, metric, *labels):
+        """`metric.labels(*labels)`, looked up once (the label sets are bounded: routes, statuses, the model)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def serving(self, name: str, version: str | None, alias: str | None, data_type: str) -> None:
         """Record the model now served (the previous one's series is removed)."""
@@ -45,7 +54,7 @@ class ServingMetrics:
         self.model.labels(name or "", version or "", alias or "", data_type).set(1)
 
     def predicted(self, name: str, version: str | None, count: int) -> None:
-        self.inputs.labels(name or "", version or "").inc(count)
+        self.child(self.inputs, name or "", version or "").inc(count)
         self.batch.observe(count)
 
     def observe_features(self, frame: pd.DataFrame, numeric: list[dict]) -> None:
@@ -59,16 +68,44 @@ class ServingMetrics:
             present = values[~np.isnan(values)]
             outside = int(((present < spec["min"]) | (present > spec["max"])).sum())
             updates.append((spec["name"], len(present), outside))
+        if updates:
+            self.observe_counts(*zip(*updates))
+
+    def observe_counts(self, features, seen, outside) -> None:
+        """The skew gauge's counts of one request, already made: per feature, the values seen and those outside
+        the training range (serving.compiled counts them with numpy on the fast path)."""
         with self._lock:
-            for feature, seen, outside in updates:
+            for feature, n, out in zip(features, seen, outside):
                 counts = self._seen.setdefault(feature, [0, 0])
-                counts[0] += seen
-                counts[1] += outside
-                if counts[0]:
-                    self.skew.labels(feature).set(counts[1] / counts[0])
+                counts[0] += int(n)
+                counts[1] += int(out)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _SkewGauge:
+    """torchyard_feature_out_of_range_ratio{feature}: the share of the served values of a numeric feature outside the
+    training split's min/max since the server started; a custom collector, so the ratio is computed when /metrics is
+    scraped instead of a gauge being set per feature on every request."""
+
+    NAME = "torchyard_feature_out_of_range_ratio"
+    HELP = ("Share of the served values of a numeric feature outside the training split's min/max, since the server "
+            "started")
+
+    def __init__(self, seen: dict[str, list[int]], lock: threading.Lock):
+        self._seen, self._lock = seen, lock
+
+    def collect(self):
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["feature"])
+        with self._lock:
+            ratios = [(feature, outside / seen) for feature, (seen, outside) in self._seen.items() if seen]
+        for feature, ratio in ratios:
+            family.add_metric([feature], ratio)
+        return [family]
+
+    def describe(self):
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["feature"])]
 
 
 class MetricsMiddleware:
@@ -94,5 +131,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, sending)
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
+            self.metrics.child(self.metrics.latency, route).observe(time.perf_counter() - started)
+            self.metrics.child(self.metrics.requests, route, scope["method"], str(status["code"])).inc()
