@@ -207,7 +207,7 @@ def trial(prepared: Prepared, number: int, trial_id: int, overrides: dict, base:
             tracking.log_metrics(child, {"best_val_loss": best_val_loss})
             tracking.set_tags(child, {"sweep.pruned": "true", "sweep.pruned_epoch": pruning.pruned_epoch})
             optuna_trial.study.tell(optuna_trial, state=_state("PRUNED"))
-            client.set_terminated(child, "FINISHED")
+            tracking.set_terminated(child, "FINISHED")
             get_run_logger().info(f"trial {number} {overrides} pruned after epoch {pruning.pruned_epoch}")
             return {**summary, "status": "PRUNED", "pruned_epoch": pruning.pruned_epoch,
                     "metrics": {"best_val_loss": best_val_loss}}
@@ -218,12 +218,12 @@ def trial(prepared: Prepared, number: int, trial_id: int, overrides: dict, base:
             raise ValueError(f"sweep.metric '{metric}' is not among the trial metrics: {', '.join(metrics)}")
         optuna_trial.study.tell(optuna_trial, metrics[metric])
         tracking.set_tags(child, {"sweep.pruned": "false"})
-        client.set_terminated(child, "FINISHED")
+        tracking.set_terminated(child, "FINISHED")
         return {**summary, "status": "COMPLETE", "metrics": metrics, "network": str(trained.network),
                 "epochs": trained.epochs, "device": trained.device}
     except Exception as exc:  # a failed trial is recorded; the sweep goes on
         reason = tracking.record_failure(child, exc)
-        client.set_terminated(child, "FAILED")
+        tracking.set_terminated(child, "FAILED")
         if optuna_trial is not None:
             optuna_trial.study.tell(optuna_trial, state=_state("FAIL"), skip_if_finished=True)
         get_run_logger().warning(f"trial {number} {overrides} failed: {reason}")

@@ -6,6 +6,7 @@ logging works the same whether Prefect runs a task inline or in a worker thread.
 import contextlib
 import functools
 import os
+import threading
 import time
 from pathlib import Path
 import urllib.error
@@ -146,10 +147,25 @@ def log_params(run_id: str, prefix: str, values: dict) -> None:
     configure().log_batch(run_id, params=params)
 
 
+# MLflow's asynchronous logging queue is one per process, and ending any run shuts it down: a run ended in one thread
+# while another thread enqueues its epoch metrics failed that thread ("cannot schedule new futures after shutdown";
+# concurrent sweep trials). Enqueueing and ending runs take turns.
+_ASYNC_QUEUE = threading.Lock()
+
+
 def log_metrics(run_id: str, values: dict, step: int = 0, synchronous: bool = True):
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-    return configure().log_batch(run_id, metrics=metrics, synchronous=synchronous)
+    if synchronous:
+        return configure().log_batch(run_id, metrics=metrics)
+    with _ASYNC_QUEUE:
+        return configure().log_batch(run_id, metrics=metrics, synchronous=False)
+
+
+def set_terminated(run_id: str, status: str = "FINISHED") -> None:
+    """End a run (FINISHED, FAILED, KILLED) without racing another thread's asynchronous logging."""
+    with _ASYNC_QUEUE:
+        configure().set_terminated(run_id, status)
 
 
 def set_tags(run_id: str, tags: dict) -> None:

@@ -173,3 +173,35 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_ending_a_run_while_another_thread_logs_asynchronously_loses_nothing(mlflow_client):
+    """MLflow's asynchronous logging queue is one per process and ending any run shuts it down: concurrent sweep
+    trials failed with "cannot schedule new futures after shutdown". The enqueue is slowed to make the race sure."""
+    import threading
+
+    from tasks import tracking
+
+    experiment = tracking.ensure_experiment(mlflow_client, f"race-{uuid.uuid4().hex[:6]}")
+    logging_run, ended_run = (mlflow_client.create_run(experiment).info.run_id for _ in range(2))
+    tracking.log_metrics(logging_run, {"x": 0.0}, synchronous=False).wait()  # the process's queue is active
+    queue = mlflow_client._tracking_client.store._async_logging_queue
+    put, entered = queue._queue.put, threading.Event()
+
+    def slow_put(item, *args, **kwargs):
+        entered.set()
+        time.sleep(3)  # longer than the queue's shutdown (its worker polls the queue each second)
+        return put(item, *args, **kwargs)
+
+    queue._queue.put = slow_put
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            logged = pool.submit(lambda: tracking.log_metrics(logging_run, {"x": 1.0}, step=1,
+                                                              synchronous=False).wait())
+            assert entered.wait(60)
+            tracking.set_terminated(ended_run)
+            logged.result()
+    finally:
+        del queue._queue.put
+    assert [m.value for m in mlflow_client.get_metric_history(logging_run, "x")] == [0.0, 1.0]
+    assert mlflow_client.get_run(ended_run).info.status == "FINISHED"
