@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality bench-startup bench-batch docker-build mlflow-ui clean
+.PHONY: install demo stop serve test test-fast bench bench-images bench-text bench-serving bench-streaming bench-quality bench-startup bench-batch bench-backbones bench-sweep docker-build mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,9 @@ stop:
 
 # make serve MODEL=models:/wine-mlp@champion (default: wine-mlp, i.e. its @champion), or MODEL=path/to/m.pth
 MODEL ?= wine-mlp
+WORKERS ?= 1
 serve: install
-	$(PY) -m serving --model $(MODEL) --host 127.0.0.1 --port 8000
+	$(PY) -m serving --model $(MODEL) --host 127.0.0.1 --port 8000 --workers $(WORKERS)
 
 test: install
 	$(PY) -m pytest
@@ -40,8 +41,9 @@ bench-images: install
 bench-text: install
 	$(PY) bench/bench_text_pipeline.py
 
+BENCH_SERVING_ARGS ?=
 bench-serving: install
-	$(PY) bench/bench_serving.py
+	$(PY) bench/bench_serving.py $(BENCH_SERVING_ARGS)
 
 bench-streaming: install
 	$(PY) bench/bench_streaming.py
@@ -58,6 +60,15 @@ bench-quality: install
 # 5,000,000 wine-schema rows of Parquet: chunked predict.py vs mlflow.pyfunc.load_model on the whole frame (issue 16)
 bench-batch: install
 	$(PY) bench/bench_batch_predict.py
+
+# resnet18 frozen / unfrozen against the from-scratch CNN, one training epoch at 64 px on the CPU
+# (on a GPU: $(PY) bench/bench_backbones.py --device cuda --size 224)
+bench-backbones: install
+	$(PY) bench/bench_backbones.py
+
+# random vs TPE vs TPE + median pruning through sweep-flow, diabetes sample, 16 trials each, 3 seeds (issue 17)
+bench-sweep: install
+	$(PY) bench/bench_sweep.py --seeds 42,43,44
 
 # the REST API image (Dockerfile); run it with: docker run --rm -p 8000:8000 -v "$$PWD/models:/models:ro" torchyard-serve
 docker-build:

@@ -34,9 +34,9 @@ class RunConfig(create_model("Sections", __config__=ConfigDict(extra="forbid"), 
     def _model_fits_data(self):
         kind = kinds.get(self.data.data_type)
         self.model = self.model.resolved(self.data.data_type, self.image.image_size)
-        if self.model.type != kind.model_type and not self.model.pretrained:
+        if self.model.type not in kind.model_types and not self.model.pretrained:
             raise ValueError(f"model.type {self.model.type} cannot take {self.data.data_type} data; use "
-                             f"{kind.model_type}")
+                             + " or ".join(kind.model_types))
         kind.check_config(self)
         return self
 

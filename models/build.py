@@ -4,12 +4,14 @@ from torch import nn
 
 from models.cnn import CNN
 from models.config import ModelConfig
+from models.freezing import set_features_trainable
 from models.mlp import MLP
 from models.text import TextNet
 
 
 def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Module:
-    """input_size: features for an MLP, image channels for a CNN, vocabulary size for a text model."""
+    """input_size: features for an MLP, image channels for a CNN or a torchvision network, vocabulary size for a text
+    model. A torchvision network starts from random weights here: training loads model.weights (load_weights)."""
     if config.type != "auto":
         config = config.resolved()  # n_layers' default for the type
     if config.type == "mlp":
@@ -22,11 +24,19 @@ def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Mo
         return CNN(input_size, output_size, config.channels(), kernel_size=config.kernel_size, stride=config.stride,
                    padding=config.padding, pool=config.pool, activation=config.activation,
                    batch_norm=config.batch_norm, hidden_size=config.hidden_size, dropout=config.dropout)
+    if config.type == "text" and config.encoder == "hf":
+        from models.hf_text import HFTextNet  # imports transformers: only for these networks
+
+        return HFTextNet(config.pretrained_hf, output_size, pooling=config.pooling, dropout=config.dropout)
     if config.type == "text":
         return TextNet(input_size, output_size, encoder=config.encoder, embedding_dim=config.embedding_dim,
                        hidden_size=config.hidden_size, n_layers=config.n_layers, kernel_size=config.kernel_size,
                        activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout,
                        n_heads=config.n_heads, max_positions=config.max_positions)
+    if config.type == "torchvision":
+        from models.backbones import Backbone  # imports torchvision: only for these networks
+
+        return Backbone(config.arch, input_size, output_size, config.arch_image_size)
     raise ValueError(f"model type {config.type!r} must be resolved (ModelConfig.resolved) before building")
 
 
@@ -38,10 +48,17 @@ def transfer(saved: dict, output_size: int, freeze_features: bool) -> tuple[nn.M
     features = {k: v for k, v in saved["state_dict"].items() if k.startswith(("features.", "numeric_embedding."))}
     network.load_state_dict(features, strict=False)
     if freeze_features:
-        for part in (network.features, getattr(network, "numeric_embedding", None)):
-            for parameter in part.parameters() if part is not None else ():
-                parameter.requires_grad_(False)
+        set_features_trainable(network, False)
     return network, config
+
+
+def load_weights(network: nn.Module, config: ModelConfig) -> str | None:
+    """A torchvision network's model.weights loaded into its feature layers; the file read, or None without."""
+    if config.type != "torchvision" or not config.weights:
+        return None
+    from models.backbones import load_weights as load
+
+    return str(load(network, config.weights))
 
 
 def save_network(path, config: ModelConfig, input_size: int, output_size: int, network: nn.Module) -> None:

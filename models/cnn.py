@@ -2,16 +2,17 @@
 import torch
 from torch import nn
 
+from models.freezing import FrozenNormsStayInEval
 from models.mlp import ACTIVATIONS
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
-class CNN(nn.Module):
+class CNN(FrozenNormsStayInEval, nn.Module):
     """(Conv -> BatchNorm -> activation -> pool) x n_blocks, global average pooling, then fully connected layers.
 
     `features` (the conv blocks) and `head` (the classifier) are separate attributes, so transfer learning can keep
-    the one and replace the other. Global pooling makes the network independent of the input size."""
+    the one and replace the other; frozen BatchNorm layers stay in eval mode. Global pooling makes the network independent of the input size."""
 
     def __init__(self, in_channels: int, output_size: int, channels: list[int], kernel_size: int = 3,
                  stride: int = 1, padding: int | None = None, pool: str = "max", activation: str = "relu",

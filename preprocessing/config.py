@@ -179,6 +179,9 @@ class TextConfig(_Section):
     max_len_cap: int = Field(256, ge=1)
     max_chars: int = Field(20000, ge=1, description="Texts are cut to this many characters before cleaning, so an "
                            "enormous text costs no more than a long one.")
+    hf_tokenizer: str | None = Field(None, description="A local Hugging Face model folder whose tokenizer replaces "
+                                     "the cleaning and vocabulary above (set from model.pretrained_hf for "
+                                     "model.encoder hf); max_len is then capped by the model's max positions.")
 
     @model_validator(mode="after")
     def _subword_range(self):

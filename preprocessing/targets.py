@@ -1,6 +1,6 @@
 """The target of a supervised model: its fitted state (`Target`, saved as plain data in the preprocessing JSON),
 encoding for training and decoding of model outputs."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,12 +15,15 @@ SQUARE_SAFE = float(np.sqrt(np.finfo(np.float32).max))
 
 @dataclass(frozen=True)
 class Target:
-    """What the model predicts: `task` classification (`classes`, the label of each class index) or regression
-    (predicted in units of `std` around `mean`; 0/1 when the target is not scaled)."""
+    """What the model predicts: `task` classification (`labels`: the label of each class index) or regression
+    (predicted in units of `std` around `mean`; 0/1 when the target is not scaled). Saved with the key "classes".
+
+    Not `classes`: code that reads `x.classes` in a module that imports torch makes cloudpickle (Dask workers get
+    the flow's functions pickled by value) take it for the `torch.classes` submodule, which cannot be pickled."""
 
     name: str
     task: str
-    classes: tuple = ()
+    labels: tuple = ()
     mean: float = 0.0
     std: float = 1.0
 
@@ -40,7 +43,8 @@ class Target:
                    float(state.get("std", 1.0)))
 
     def to_state(self) -> dict:
-        return {**asdict(self), "classes": list(self.classes)}
+        return {"name": self.name, "task": self.task, "classes": list(self.labels), "mean": self.mean,
+                "std": self.std}
 
     @property
     def regression(self) -> bool:
@@ -48,7 +52,7 @@ class Target:
 
     @property
     def n_classes(self) -> int:
-        return len(self.classes)
+        return len(self.labels)
 
     @property
     def n_outputs(self) -> int:
@@ -60,12 +64,12 @@ class Target:
             y = (values.to_numpy(dtype="float64") - self.mean) / self.std
             self._check_trainable(y, values)
             return y.astype(np.float32)
-        index = {c: i for i, c in enumerate(self.classes)}
+        index = {c: i for i, c in enumerate(self.labels)}
         plain = [v.item() if hasattr(v, "item") else v for v in values]
         unknown = [v for v in plain if v not in index]
         if unknown:
             raise DataError(f"target '{self.name}' has the value {unknown[0]!r}, which is not among the training "
-                            f"classes {list(self.classes)}")
+                            f"classes {list(self.labels)}")
         return np.array([index[v] for v in plain], dtype=np.int64)
 
     def _check_trainable(self, scaled: np.ndarray, values: pd.Series) -> None:
@@ -84,7 +88,7 @@ class Target:
         """Model outputs (class probabilities, or the unscaled regression value) -> labels and probabilities."""
         if self.regression:
             return outputs.reshape(-1).astype(float).tolist(), None
-        return [self.classes[i] for i in outputs.argmax(axis=1)], outputs
+        return [self.labels[i] for i in outputs.argmax(axis=1)], outputs
 
 
 class TargetCodec:

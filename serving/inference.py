@@ -53,7 +53,7 @@ class Predictor:
 
     @property
     def classes(self) -> list:
-        return list(self.transform.target.classes)
+        return list(self.transform.target.labels)
 
     def outputs(self, inputs: np.ndarray) -> np.ndarray:
         (out,) = self.session.run(None, {self.input_name: inputs})[:1]

@@ -53,7 +53,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
         plot = work / "confusion_matrix.png"
         # bounded whatever the class count: the most frequent classes only above evaluation.PLOT_CLASSES, and the
         # whole matrix as CSV only up to evaluation.CSV_CLASSES
-        drawn = evaluation.confusion_artifacts(served, targets, list(target.classes), plot,
+        drawn = evaluation.confusion_artifacts(served, targets, list(target.labels), plot,
                                                work / "confusion_matrix.csv")
         if drawn["csv"]:
             extra.append(work / "confusion_matrix.csv")

@@ -55,7 +55,7 @@ def export(prepared: Prepared, trained: Trained, tolerance: float, run_id: str, 
             bundle.with_suffix(".onnx"), predictor, example,
             pip_requirements=pip_requirements() + pyfunc_model.predictor_requirements(data_type),
             metadata={"feature_names": getattr(transform, "feature_names", None),
-                      "classes": list(transform.target.classes), "data_type": data_type})
+                      "classes": list(transform.target.labels), "data_type": data_type})
     return Exported(bundle, info.model_uri, max_diff)
 
 

@@ -54,7 +54,7 @@ def score_on(prepared: Prepared, reference: str, metric: str) -> float:
         return kind.predict_frame(predictor, frame, "the new test split")
 
     frames = (batch.to_pandas() for batch in pq.ParquetFile(prepared.test_frame).iter_batches(SCORE_BATCH_ROWS))
-    return promotion.score(predict, frames, target.name, target.task, list(target.classes), metric)
+    return promotion.score(predict, frames, target.name, target.task, list(target.labels), metric)
 
 
 @task(name="promote", cache_policy=NO_CACHE)

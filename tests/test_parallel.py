@@ -55,3 +55,17 @@ def test_text_cleaning_runs_on_dask_workers_and_matches_threads(mlflow_client, m
     assert int(dask.params["preprocess.dask_worker_processes"]) >= 1  # not the flow's own process
     for name in ("vocab_size_after", "train_unk_share", "val_unk_share", "test_accuracy"):
         assert dask.metrics[name] == pytest.approx(threads.metrics[name], abs=1e-9), name
+
+
+def test_the_flows_pickle_for_dask_workers():
+    """A Dask task carries the flow run's context, with the flow function pickled by value (cloudpickle) and every
+    global it names: `x.classes` in a task module that imports torch was taken for the torch.classes submodule,
+    which cannot be pickled, and failed the Dask text preprocessing run."""
+    import cloudpickle
+
+    from flows.batch_predict_flow import batch_predict_flow
+    from flows.sweep_flow import sweep_flow
+    from flows.train_flow import train_flow
+
+    for flow in (train_flow, sweep_flow, batch_predict_flow):
+        cloudpickle.dumps(flow)

@@ -7,12 +7,15 @@ target's original scale), so the same test metrics (training/evaluation.py) scor
 """
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from preprocessing.targets import Target
 from training.metrics import improvement
+
+if TYPE_CHECKING:  # train.py --help imports this module's config: no pandas at run time
+    from preprocessing.targets import Target
 
 PREDICT_ROWS = 65536
 IMAGE_SIDE = 16  # logistic regression on 16x16 pixels per channel: on 5,000 MNIST digits (bench_quality) 0.880,
@@ -49,7 +52,7 @@ def subsample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def _served(model, inputs, task: str, n_classes: int, target: Target) -> np.ndarray:
+def _served(model, inputs, task: str, n_classes: int, target: "Target") -> np.ndarray:
     if task == "regression":
         return (model.predict(inputs).astype(np.float64) * target.std + target.mean).reshape(-1, 1)
     proba = model.predict_proba(inputs)
@@ -58,7 +61,7 @@ def _served(model, inputs, task: str, n_classes: int, target: Target) -> np.ndar
     return full
 
 
-def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: Target) -> Baseline:
+def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: "Target") -> Baseline:
     task, n_classes = target.task, target.n_classes
     train_targets = np.asarray(train_targets)
     if task == "classification" and len(np.unique(train_targets)) < 2:
@@ -71,7 +74,7 @@ def _fit(model, name: str, train_inputs, train_targets, test_inputs, target: Tar
     return Baseline(name, served, time.perf_counter() - started, len(train_targets))
 
 
-def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features: np.ndarray, target: Target,
+def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features: np.ndarray, target: "Target",
             seed: int) -> Baseline:
     """HistGradientBoosting with its defaults on the preprocessed features (imputed, scaled, one-hot)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -83,7 +86,7 @@ def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features
     return _fit(model, type(model).__name__, train_features, train_targets, test_features, target)
 
 
-def text(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str], target: Target,
+def text(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str], target: "Target",
          seed: int) -> Baseline:
     """tf-idf of word 1-2 grams (scikit-learn's own tokenizer, on the raw texts), then logistic regression
     (classification) or ridge regression."""
@@ -105,7 +108,7 @@ def downscale(images: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.ndarray, target: Target,
+def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.ndarray, target: "Target",
           seed: int) -> Baseline:
     """Logistic regression on standardised, downscaled pixels (uint8 [N, H, W, C] crops as the network sees)."""
     from sklearn.linear_model import LogisticRegression

@@ -89,6 +89,31 @@ class ModelCheckpoint(Callback):
         os.replace(partial, self.path)  # a crash mid-write never leaves a truncated checkpoint
 
 
+class UnfreezeFeatures(Callback):
+    """model.unfreeze_after: the feature layers (frozen until then) train from the end of epoch `after` on. The
+    optimizer already holds their parameters (training/optim.py), so only requires_grad changes; a run resumed after
+    that epoch unfreezes at its start (this callback runs after the checkpoint's)."""
+
+    def __init__(self, after: int, log=None):
+        self.after = after
+        self.log = log or logging.getLogger("torchyard.training").info
+
+    def on_fit_start(self, trainer):
+        if trainer.epoch >= self.after:
+            self._unfreeze(trainer)
+
+    def on_epoch_end(self, trainer, metrics):
+        if metrics["epoch"] == self.after:
+            self._unfreeze(trainer)
+            self.log(f"feature layers unfrozen after epoch {self.after}")
+
+    @staticmethod
+    def _unfreeze(trainer):
+        from models.freezing import set_features_trainable
+
+        set_features_trainable(trainer.model, True)
+
+
 class EpochSummary(Callback):
     """One line per epoch: the metrics and the learning rate."""
 

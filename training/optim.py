@@ -63,14 +63,32 @@ def build_scheduler(optimizer, config: SchedulerConfig, n_epochs: int, monitor_m
     return lr_scheduler.ReduceLROnPlateau(optimizer, mode=monitor_mode, factor=config.factor, patience=config.patience)
 
 
-def make_trainer(network, objective, config: TrainerConfig, seed: int, device, callbacks, trainer_class=None):
-    """Optimizer (trainable parameters only) and scheduler from config (its task defaults made for the objective's
-    task), wired into a Trainer (or a subclass)."""
+def param_groups(network: nn.Module, lr: float, backbone_lr_mult: float = 1.0, keep_frozen: bool = False):
+    """What the optimizer steps: the trainable parameters (all of them with `keep_frozen`, for feature layers that
+    are unfrozen later: a parameter without a gradient is skipped by every torch optimizer), as one list, or, with
+    a backbone_lr_mult other than 1, two groups: the head's (and anything else outside the feature layers) at `lr`
+    first, so the logged lr is the head's, then the feature layers' at lr x backbone_lr_mult."""
+    from models.freezing import feature_parameters
+
+    chosen = [p for p in network.parameters() if keep_frozen or p.requires_grad]
+    if backbone_lr_mult == 1.0:
+        return chosen
+    features = {id(p) for p in feature_parameters(network)}
+    head = [p for p in chosen if id(p) not in features]
+    backbone = [p for p in chosen if id(p) in features]
+    return [group for group in ({"params": head, "lr": lr}, {"params": backbone, "lr": lr * backbone_lr_mult})
+            if group["params"]]
+
+
+def make_trainer(network, objective, config: TrainerConfig, seed: int, device, callbacks, trainer_class=None,
+                 backbone_lr_mult: float = 1.0, keep_frozen: bool = False):
+    """Optimizer (trainable parameters only, unless `keep_frozen`; the feature layers at lr x backbone_lr_mult) and
+    scheduler from config (its task defaults made for the objective's task), wired into a Trainer (or a subclass)."""
     from training.callbacks import resolve_mode
     from training.trainer import Trainer
 
     config = config.for_task(objective.task)
-    optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
+    optimizer = build_optimizer(param_groups(network, config.lr, backbone_lr_mult, keep_frozen), config)
     monitor = config.early_stopping.monitor
     scheduler = build_scheduler(optimizer, config.scheduler, config.n_epochs,
                                 resolve_mode(monitor, config.early_stopping.mode))

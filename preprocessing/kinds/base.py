@@ -71,6 +71,11 @@ class Kind:
     predict_rows: int | None = None  # rows per ONNX Runtime call when predicting (None: all at once)
     torchscript_export: bool = True  # ONNX through torch's fast TorchScript exporter (tasks/export.py says why)
 
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        """Every model type that can take this data (the default one first)."""
+        return (self.model_type,)
+
     # ---------------------------------------------------------------- the pipeline steps
 
     def collect(self, settings: Settings, work_dir: Path, snapshot: Path) -> Collected:

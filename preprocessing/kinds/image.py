@@ -58,6 +58,7 @@ def decode(snapshot, listing: pd.DataFrame, config, cache_dir: Path, mapper, lin
 class Image(Kind):
     name = "image"
     model_type = "cnn"
+    model_types = ("cnn", "torchvision")  # what flows/config.py accepts for image data
 
     def collect(self, settings, work_dir, snapshot):
         target = settings.data.target_column()
@@ -105,6 +106,8 @@ class Image(Kind):
     def check_config(self, config):
         if config.data.task == "regression":
             raise ValueError("image data supports classification only (data.task)")
+        if config.model.type == "torchvision":
+            config.image, config.model = backbone_settings(config.image, config.model)
 
     def transform(self, state):
         return ImageTransform(state)
@@ -166,6 +169,36 @@ class Image(Kind):
     def input_schema(self, transform):
         config = transform.state["config"]
         return {"kind": "images", "channels": config["channels"], "image_size": config["image_size"]}
+
+
+def backbone_settings(image_config, model_config):
+    """For a torchvision network: the image section with what the image section leaves unset taken from the
+    weights' own preprocessing (image_size and resize, ImageNet mean/std; models/backbones.py), and the model
+    section with the image side it is built for. The weights are looked up now, so that a missing file fails before
+    any image is decoded."""
+    from models.backbones import locate_weights, preprocessing_of
+
+    if model_config.weights:
+        locate_weights(model_config.weights, model_config.arch)
+    given = image_config.model_fields_set
+    wanted = preprocessing_of(model_config.arch, model_config.weights) or {}
+    update = {}
+    if wanted and "image_size" not in given:
+        update["image_size"] = wanted["image_size"]
+        if "resize" not in given:
+            update["resize"] = wanted["resize"]
+    if wanted and not {"mean", "std", "local_contrast"} & given:
+        if image_config.channels == 1:  # the network repeats the one channel: its statistics are the average
+            update["mean"] = [sum(wanted["mean"]) / 3]
+            update["std"] = [sum(wanted["std"]) / 3]
+        else:
+            update["mean"], update["std"] = wanted["mean"], wanted["std"]
+    image_config = image_config.model_copy(update=update) if update else image_config
+    model_config = model_config.model_copy(update={"arch_image_size": image_config.image_size})
+    from models.archs import check_image_size
+
+    check_image_size(model_config.arch, image_config.image_size)
+    return image_config, model_config
 
 
 KIND = Image()

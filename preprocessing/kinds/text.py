@@ -31,6 +31,8 @@ class Text(Kind):
         config = settings.text
         column, train = config.text_column, parts["train"]
         target = Target.fit(train[schema.target], schema.target, schema.task, schema.classes).to_state()
+        if config.hf_tokenizer:  # model.encoder hf: the model's own tokenizer instead of the vocabulary
+            return self._fit_hf_parts(parts, schema, config, target)
         arrays, record = {}, Record()
         with mapper() as map_chunks:  # cleaning and tokenization, chunk by chunk on Dask if asked
             state, arrays["train_ids"] = text.fit(train[column], target, config, map_chunks)
@@ -58,7 +60,30 @@ class Text(Kind):
                    f"{stats['train_unk_share']:.1%} train, {val_unk:.1%} val")
         return Fitted(state, arrays, summary, record)
 
+    def _fit_hf_parts(self, parts, schema, config, target):
+        from preprocessing import hf_text
+
+        column = config.text_column
+        state, train_ids = hf_text.fit(parts["train"][column], target, config)
+        transform = hf_text.HFTokenTransform(state)
+        arrays = {"train_ids": train_ids}
+        for name, part in parts.items():
+            if name != "train":
+                arrays[f"{name}_ids"] = transform.encode(part[column])
+            arrays[f"{name}_targets"] = transform.encode_target(part[schema.target])
+        stats = state["stats"]
+        record = Record(params=transform.describe(),
+                        metrics={"train_truncated_share": stats["train_truncated_share"]})
+        summary = (f"Hugging Face tokenizer of {config.hf_tokenizer} ({state['vocab_size'] - 1} ids); max_len "
+                   f"{state['max_len']} (model's limit {state['model_max_len']}; "
+                   f"{stats['train_truncated_share']:.1%} of train texts truncated)")
+        return Fitted(state, arrays, summary, record)
+
     def transform(self, state):
+        from preprocessing import hf_text
+
+        if state.get("pipeline") == hf_text.PIPELINE:
+            return hf_text.HFTokenTransform(state)
         return TextTransform(state)
 
     def input_size(self, transform) -> int:
@@ -72,6 +97,18 @@ class Text(Kind):
                          batch_size)
 
     def check_config(self, config):
+        if config.model.encoder == "hf":  # its tokenizer replaces the vocabulary: preprocess reads it from here
+            from preprocessing.hf_text import hf_folder
+
+            if config.model.pretrained:
+                raise ValueError("model.pretrained is not offered with model.encoder hf: start from "
+                                 "model.pretrained_hf")
+            folder = str(hf_folder(config.model.pretrained_hf))  # a missing folder fails before any work
+            config.text = config.text.model_copy(update={"hf_tokenizer": folder})
+            return
+        if config.text.hf_tokenizer:
+            raise ValueError("text.hf_tokenizer is set from model.pretrained_hf for model.encoder hf; the "
+                             f"{config.model.encoder} encoder uses torchyard's vocabulary: leave it unset")
         if config.model.pretrained:
             raise ValueError("model.pretrained is not offered for text models: a new vocabulary would not match "
                              "the pretrained embedding")
