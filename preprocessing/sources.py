@@ -2,6 +2,7 @@
 
 Every failure is a DataError that names the source and says what was expected.
 """
+import contextlib
 import csv
 import hashlib
 import io
@@ -131,15 +132,11 @@ def _read_local(source: str, limit: int) -> bytes:
     return raw
 
 
-def fetch(url: str, timeout: float, limit: int = MAX_FILE_MB * 2**20) -> bytes:
-    """Download `url`, at most `limit` bytes; TransientReadError for failures worth retrying, DataError for the
-    rest."""
+@contextlib.contextmanager
+def download_errors(url: str):
+    """A download's failures as TransientReadError (worth retrying: no answer, HTTP 5xx/429) or DataError."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > limit:
-                raise _too_large(url, limit)
-            raw = response.read(limit + 1)
+        yield
     except urllib.error.HTTPError as exc:
         message = f"could not download {url}: HTTP {exc.code} {exc.reason}"
         if exc.code >= 500 or exc.code == 429:
@@ -148,6 +145,16 @@ def fetch(url: str, timeout: float, limit: int = MAX_FILE_MB * 2**20) -> bytes:
     except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TransientReadError(f"could not reach {url}: {reason}") from exc
+
+
+def fetch(url: str, timeout: float, limit: int = MAX_FILE_MB * 2**20) -> bytes:
+    """Download `url`, at most `limit` bytes; TransientReadError for failures worth retrying, DataError for the
+    rest."""
+    with download_errors(url), urllib.request.urlopen(url, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            raise _too_large(url, limit)
+        raw = response.read(limit + 1)
     if len(raw) > limit:
         raise _too_large(url, limit)
     return raw

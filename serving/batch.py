@@ -18,11 +18,9 @@ import io
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -35,7 +33,7 @@ import pandas as pd
 
 from preprocessing.errors import DataError
 from preprocessing.sources import (DELIMITERS, PARQUET_MAGIC, UTF16_BOMS, MAX_LINE_MB, SAMPLE_PREFIX,
-                                   TEXT_SAMPLE, TransientReadError, guess_format, refuse_binary, is_url)
+                                   TEXT_SAMPLE, download_errors, guess_format, refuse_binary, is_url)
 
 DEFAULT_CHUNK_ROWS = 50_000  # wine-like rows: ~10 MB of frame per chunk, and ONNX Runtime calls large enough
 STREAMED_FORMATS = ("csv", "parquet")
@@ -176,18 +174,12 @@ class Source:
         with self.path.open("rb", buffering=0) as raw:
             guard = _LineGuard(raw, self.name, self.max_line_mb)
             stream = io.BufferedReader(guard, buffer_size=_BLOCK)
-            try:
+            with self._csv_errors():
                 reader = pd.read_csv(stream, sep=sep, chunksize=chunk_rows, encoding="utf-8-sig", **options)
                 with reader:
                     for frame in reader:
                         self.bytes_read = guard.consumed
                         yield frame
-            except pd.errors.EmptyDataError as exc:
-                raise DataError(f"{self.name} has no header and no rows; expected a CSV table") from exc
-            except pd.errors.ParserError as exc:
-                raise DataError(f"{self.name} could not be parsed as CSV: {str(exc).strip()}") from exc
-            except UnicodeDecodeError as exc:
-                raise self._not_utf8() from exc
 
     def _separator(self) -> str:
         with self.path.open("rb") as stream:
@@ -202,15 +194,21 @@ class Source:
 
     def _header(self, sep: str) -> list[str]:
         with self.path.open("rb") as raw:
-            try:
+            with self._csv_errors():
                 stream = io.BufferedReader(_LineGuard(raw, self.name, self.max_line_mb), buffer_size=_BLOCK)
                 return [str(c) for c in pd.read_csv(stream, sep=sep, nrows=0, encoding="utf-8-sig").columns]
-            except pd.errors.EmptyDataError as exc:
-                raise DataError(f"{self.name} has no header and no rows; expected a CSV table") from exc
-            except pd.errors.ParserError as exc:
-                raise DataError(f"{self.name} could not be parsed as CSV: {str(exc).strip()}") from exc
-            except UnicodeDecodeError as exc:
-                raise self._not_utf8() from exc
+
+    @contextmanager
+    def _csv_errors(self):
+        """pandas' CSV failures as the DataError read_table gives for the same file."""
+        try:
+            yield
+        except pd.errors.EmptyDataError as exc:
+            raise DataError(f"{self.name} has no header and no rows; expected a CSV table") from exc
+        except pd.errors.ParserError as exc:
+            raise DataError(f"{self.name} could not be parsed as CSV: {str(exc).strip()}") from exc
+        except UnicodeDecodeError as exc:
+            raise self._not_utf8() from exc
 
     def _csv_types(self, sep: str, header: list[str], chunk_rows: int) -> dict:
         """The type reading the whole file gives each categorical column, from one pass over those columns: a
@@ -296,17 +294,8 @@ def open_source(source: str, fmt: str = "auto", columns: list[str] | None = None
 
 def _download(url: str, path: Path, timeout: float) -> Path:
     """`url` copied to `path` in blocks (never whole in memory); read_table's errors for failures."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, path.open("wb") as out:
-            shutil.copyfileobj(response, out, _BLOCK)
-    except urllib.error.HTTPError as exc:
-        message = f"could not download {url}: HTTP {exc.code} {exc.reason}"
-        if exc.code >= 500 or exc.code == 429:
-            raise TransientReadError(message) from exc
-        raise DataError(message) from exc
-    except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TransientReadError(f"could not reach {url}: {reason}") from exc
+    with download_errors(url), urllib.request.urlopen(url, timeout=timeout) as response, path.open("wb") as out:
+        shutil.copyfileobj(response, out, _BLOCK)
     return path
 
 
