@@ -21,6 +21,7 @@ import pandas as pd
 from preprocessing.config import TextConfig
 from preprocessing.errors import DataError, TorchyardError
 from preprocessing.targets import TargetCodec
+from preprocessing.text import max_len_for
 
 PIPELINE = "hf-tokenizer/1"
 
@@ -91,13 +92,7 @@ def fit(train_texts, target: dict, config: TextConfig) -> tuple[dict, np.ndarray
              "vocab_size": int(tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)) + 1,
              "target": target}
     lengths = np.array([len(ids) for ids in HFTokenTransform(state).token_ids(train_texts, truncate=False)])
-    if config.max_len is not None:
-        wanted = config.max_len
-    elif len(lengths):
-        wanted = int(np.clip(math.ceil(np.percentile(lengths, config.max_len_percentile)), 1, config.max_len_cap))
-    else:
-        wanted = 1
-    state["max_len"] = max(1, min(wanted, model_limit))
+    state["max_len"] = max(1, min(max_len_for(lengths, config), model_limit))
     state["stats"] = {"train_truncated_share": float((lengths > state["max_len"]).mean()) if len(lengths) else 0.0,
                       "train_length_p50": float(np.percentile(lengths, 50)) if len(lengths) else 0.0,
                       "train_length_max": int(lengths.max()) if len(lengths) else 0}

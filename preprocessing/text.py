@@ -345,6 +345,15 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
 
 # --- fitting ------------------------------------------------------------------------------------------------------
 
+def max_len_for(lengths: np.ndarray, config: TextConfig) -> int:
+    """Tokens kept per text: text.max_len, else the given percentile of the train texts' lengths, capped."""
+    if config.max_len is not None:
+        return config.max_len
+    if not len(lengths):
+        return 1
+    return int(np.clip(math.ceil(np.percentile(lengths, config.max_len_percentile)), 1, config.max_len_cap))
+
+
 def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple[dict, np.ndarray]:
     """Fit the vocabularies and max_len on the train texts. Returns the state TextTransform applies and the train
     texts already encoded (int64 [n, max_len], 0-padded), so that they are tokenized only once."""
@@ -368,12 +377,7 @@ def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple
     vocabs = Vocabularies(vocab.to_pylist(), ngrams.to_pylist(), subwords)
     ids, id_lengths = encode_lists(lists, vocabs, config)
 
-    if config.max_len is not None:
-        max_len = config.max_len
-    elif len(id_lengths):
-        max_len = int(np.clip(math.ceil(np.percentile(id_lengths, config.max_len_percentile)), 1, config.max_len_cap))
-    else:
-        max_len = 1
+    max_len = max_len_for(id_lengths, config)
     state = {
         "data_type": "text",
         "pipeline_version": PIPELINE_VERSION,
