@@ -75,6 +75,7 @@ docker-build:
 	docker build -t torchyard-serve .
 
 mlflow-ui: install
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow's Model training view)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

@@ -55,7 +55,8 @@ def main(out: str) -> int:
                 time.sleep(0.5)
         base_url, experiment = f"http://127.0.0.1:{port}/#", champion["experiment_id"]
         trials = json.dumps([t["run_id"] for t in sweep["trials"]])
-        pages = {
+        pages = {  # landing.png: the experiment as a fresh browser opens it from the links torchyard prints
+            "landing.png": (f"{base_url}/experiments/{experiment}?workflowType=machine_learning", "1500,900"),
             "runs.png": (f"{base_url}/experiments/{experiment}/runs", "1500,900"),
             "compare.png": (f'{base_url}/compare-runs?runs={json.dumps([weak["run_id"], champion["run_id"]])}'
                             f'&experiments=["{experiment}"]', "1700,1300"),

@@ -30,7 +30,8 @@ def mlflow_run_url(run_id: str) -> str:
     client = tracking.configure()
     experiment_id = client.get_run(run_id).info.experiment_id
     base = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    # the query opens MLflow's "Model training" view; a fresh browser otherwise shows the GenAI one (MLflow 3.17)
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

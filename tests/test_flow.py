@@ -112,7 +112,7 @@ def test_prefect_artifact_links_to_the_mlflow_run(fast_train, mlflow_client):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     (summary,) = [a for a in artifacts if a.key == "train-summary"]
-    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in summary.data
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in summary.data
     assert "test_accuracy" in summary.data
 
 
