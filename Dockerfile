@@ -1,6 +1,6 @@
 # The REST API (python -m serving: FastAPI on uvicorn, inference on ONNX Runtime) in a slim image, as a non-root
 # user. Serving's dependencies only: pyproject.toml's list less the training stack (Prefect, Dask, Optuna,
-# torchmetrics, matplotlib, torchvision, scikit-learn, onnxscript), with torch's CPU-only build.
+# matplotlib, torchvision, scikit-learn, onnxscript), with torch's CPU-only build.
 #
 #   docker build -t torchyard-serve .
 #   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" torchyard-serve                # /models/model.pth
@@ -29,7 +29,7 @@ WORKDIR /app
 # pin, then the rest of serving's requirements from PyPI
 COPY pyproject.toml ./
 RUN python -c "import re, tomllib; \
-skip = {'prefect', 'prefect-dask', 'distributed', 'optuna', 'cmaes', 'torchmetrics', 'matplotlib', 'torchvision', \
+skip = {'prefect', 'prefect-dask', 'distributed', 'optuna', 'cmaes', 'matplotlib', 'torchvision', \
         'scikit-learn', 'onnxscript'}; \
 deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 name = lambda d: re.split(r'[<>=!~ ;\[]', d, maxsplit=1)[0].lower(); \

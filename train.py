@@ -158,15 +158,16 @@ def model_fn_problem(model_fn: str | None) -> str | None:
 
 def warm_up_in_background() -> threading.Thread:
     """Loads, on a daemon thread, what later steps would load on their first use, while the flow's first steps
-    mostly wait (Prefect API calls, the MLflow database, the baseline's OpenMP threads): torch._dynamo, which the
-    first optimizer imports (training/optim.py's import_dynamo), and the installed-package map behind log_model's
-    requirement check (tasks/export.py). A step that gets there first waits on Python's import lock or computes the
+    mostly wait (Prefect API calls, the MLflow database, the baseline's OpenMP threads): MLflow's SQL store
+    (tasks/tracking.py's warm_up_store), torch._dynamo, which the first optimizer imports (training/optim.py's
+    import_dynamo), and the installed-package map behind log_model's requirement check (tasks/export.py). A step that gets there first waits on Python's import lock or computes the
     same itself; nothing depends on the thread finishing."""
     def run():
         from tasks.export import warm_up_requirement_check
+        from tasks.tracking import warm_up_store
         from training.optim import import_dynamo
 
-        for step in (import_dynamo, warm_up_requirement_check):
+        for step in (warm_up_store, import_dynamo, warm_up_requirement_check):
             try:
                 step()
             except Exception:  # noqa: BLE001 - the step that needs it raises it where it matters

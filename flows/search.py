@@ -306,10 +306,9 @@ def plot_study(study, folder: Path, n_params: int) -> tuple[list[Path], list[str
     cannot be drawn is skipped with the reason: plots never fail a sweep."""
     import warnings
 
-    import matplotlib
+    from training.evaluation import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # the Agg backend before optuna's plots import pyplot
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as plots
 

@@ -1,4 +1,4 @@
-"""evaluate: torchmetrics on the test split, a confusion matrix or predicted-vs-true plot, and a Prefect
+"""evaluate: scikit-learn's metrics on the test split, a confusion matrix or predicted-vs-true plot, and a Prefect
 markdown artifact that summarises the run and links to it in MLflow."""
 import os
 from pathlib import Path

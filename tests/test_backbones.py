@@ -238,8 +238,7 @@ def test_train_py_with_arch_and_weights_then_predict_and_serve(tmp_path):
 
 
 def test_torchvision_is_imported_only_for_its_networks():
-    """torchyard's own modules leave torchvision alone until a torchvision network is built. (torchmetrics, which
-    training imports, imports torchvision itself whenever it is installed.)"""
+    """torchyard's own modules leave torchvision alone until a torchvision network is built."""
     import subprocess
     import sys
 

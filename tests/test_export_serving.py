@@ -2,7 +2,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from sklearn.metrics import f1_score, r2_score, roc_auc_score
 
 from models import build_model
 from models.config import ModelConfig
@@ -68,24 +67,27 @@ def test_bundle_errors(tmp_path):
         load_bundle(tmp_path / "junk.pth")
 
 
-def test_metrics_agree_with_scikit_learn():
-    rng = np.random.default_rng(0)
-    probs = torch.softmax(torch.from_numpy(rng.normal(size=(200, 3))), 1).float()
-    truth = torch.from_numpy(rng.integers(0, 3, 200))
-    m = evaluation.test_metrics("classification", probs, truth)
-    predicted = probs.argmax(1).numpy()
-    assert m["test_accuracy"] == pytest.approx((predicted == truth.numpy()).mean())
-    assert m["test_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"), abs=1e-6)
-    assert evaluation.confusion_matrix(probs, truth).sum() == 200
-
-    p1 = torch.from_numpy(rng.uniform(size=200)).float()
-    binary = evaluation.test_metrics("classification", torch.stack([1 - p1, p1], 1), truth % 2)
-    assert binary["test_auroc"] == pytest.approx(roc_auc_score((truth % 2).numpy(), p1.numpy()), abs=1e-6)
-
-    values, target = torch.from_numpy(rng.normal(size=(100, 1))), torch.from_numpy(rng.normal(size=100))
-    reg = evaluation.test_metrics("regression", values, target)
-    assert reg["test_r2"] == pytest.approx(r2_score(target, values[:, 0]), abs=1e-9)
-    assert set(reg) == {"test_mse", "test_mae", "test_r2"}
+def test_metrics_on_hand_computed_numbers():
+    """torchmetrics' definitions: a binary prediction is positive above 0.5, macro F1 averages the classes present
+    in the truth or the predictions, AUROC is undefined (NaN) for a one-class test split."""
+    # binary: truth 1 1 0 0, positive probabilities .9 .4 .6 .1 -> predicted 1 0 1 0: accuracy 2/4, F1 1/2
+    p1 = torch.tensor([0.9, 0.4, 0.6, 0.1])
+    binary = evaluation.test_metrics("classification", torch.stack([1 - p1, p1], 1), torch.tensor([1, 1, 0, 0]))
+    assert binary["test_accuracy"] == pytest.approx(0.5) and binary["test_f1"] == pytest.approx(0.5)
+    assert binary["test_auroc"] == pytest.approx(0.75)  # of the 4 (positive, negative) pairs, 3 ranked right
+    edge = evaluation.test_metrics("classification", torch.tensor([[0.5, 0.5]]), torch.tensor([0]))
+    assert edge["test_accuracy"] == 1.0 and np.isnan(edge["test_auroc"])  # 0.5 is not above 0.5
+    # 4 classes, class 3 never seen: truth 0 0 1 2, predicted 0 1 1 2 -> F1 per class 2/3, 2/3, 1
+    scores = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2]), 4).float()
+    multi = evaluation.test_metrics("classification", scores, torch.tensor([0, 0, 1, 2]))
+    assert multi["test_accuracy"] == pytest.approx(0.75)
+    assert multi["test_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert evaluation.confusion_matrix(scores, torch.tensor([0, 0, 1, 2])).tolist() == [
+        [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    # regression: errors 1, -1, 0, 2 around truth 1 2 3 4 (mean 2.5, sum of squares 5)
+    reg = evaluation.test_metrics("regression", torch.tensor([[2.0], [1.0], [3.0], [6.0]]),
+                                  torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert reg == pytest.approx({"test_mse": 1.5, "test_mae": 1.0, "test_r2": 1 - 6 / 5})
 
 
 def test_plots_are_written(tmp_path):

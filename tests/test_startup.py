@@ -247,7 +247,8 @@ def test_nothing_is_lost_by_the_immediate_exit(tmp_path, mlflow_client):
                                      "--model_fn", str(model_fn), env={"PREFECT_API_URL": api_url})
     assert done.returncode == 0, done.stderr[-3000:]
     # a table needs neither the image nor the text stack, nor the torch.export-based exporter's onnxscript
-    assert not {"albumentations", "cv2", "preprocessing.image", "preprocessing.text", "onnxscript"} & modules
+    assert not {"albumentations", "cv2", "preprocessing.image", "preprocessing.text", "onnxscript", "torchvision",
+                "transformers", "torchmetrics"} & modules
     assert f"Prefect API: {api_url} (PREFECT_API_URL)" in done.stderr and "Traceback" not in done.stderr
     assert model_fn.exists() and model_fn.with_suffix(".onnx").exists()
 

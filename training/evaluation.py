@@ -1,37 +1,46 @@
-"""Test-split metrics with torchmetrics, and the plots that go with them."""
-import matplotlib
+"""Test-split metrics with scikit-learn's metrics, and the plots that go with them.
 
-matplotlib.use("Agg")  # no display on servers and workers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchmetrics.functional import classification as C  # noqa: E402
-from torchmetrics.functional import regression as R  # noqa: E402
+scikit-learn, not torchmetrics: torchmetrics 1.9 imports torchvision and transformers whenever they are installed
+(about 2 s of every run, for a table too; issue 18), while scikit-learn is loaded anyway for the baseline. The
+definitions are torchmetrics' (macro F1 over the classes present in the truth or the predictions, a binary
+prediction is positive above 0.5), checked by tests on hand-computed numbers. matplotlib loads when a plot is drawn.
+"""
+import numpy as np
+import torch
 
 
 def test_metrics(task: str, served: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Metrics from what the served model returns: probabilities [N, C] or values [N, 1], on the original scale.
 
-    Names are stable across datasets: test_accuracy, test_f1, test_auroc / test_mse, test_mae, test_r2."""
+    Names are stable across datasets: test_accuracy, test_f1, test_auroc / test_mse, test_mae, test_r2. test_auroc
+    is NaN when the test split holds one class only (it is not defined then)."""
+    from sklearn import metrics
+
     if task == "regression":
-        values = served.reshape(-1).double()
-        truth = targets.double()
-        return {"test_mse": R.mean_squared_error(values, truth).item(),
-                "test_mae": R.mean_absolute_error(values, truth).item(),
-                "test_r2": R.r2_score(values, truth).item()}
-    n_classes = served.shape[1]
-    if n_classes == 2:
-        positive = served[:, 1]
-        return {"test_accuracy": C.binary_accuracy(positive, targets).item(),
-                "test_f1": C.binary_f1_score(positive, targets).item(),
-                "test_auroc": C.binary_auroc(positive, targets).item()}
-    return {"test_accuracy": C.multiclass_accuracy(served, targets, num_classes=n_classes, average="micro").item(),
-            "test_f1": C.multiclass_f1_score(served, targets, num_classes=n_classes, average="macro").item()}
+        values = served.reshape(-1).double().numpy()
+        truth = targets.double().numpy()
+        return {"test_mse": float(metrics.mean_squared_error(truth, values)),
+                "test_mae": float(metrics.mean_absolute_error(truth, values)),
+                "test_r2": float(metrics.r2_score(truth, values))}
+    scores = served.double().numpy()
+    truth = targets.numpy().astype(np.int64)
+    if scores.shape[1] == 2:
+        positive = scores[:, 1]
+        predicted = (positive > 0.5).astype(np.int64)
+        auroc = metrics.roc_auc_score(truth, positive) if len(np.unique(truth)) == 2 else float("nan")
+        return {"test_accuracy": float(metrics.accuracy_score(truth, predicted)),
+                "test_f1": float(metrics.f1_score(truth, predicted, zero_division=0)),
+                "test_auroc": float(auroc)}
+    predicted = scores.argmax(axis=1)
+    return {"test_accuracy": float(metrics.accuracy_score(truth, predicted)),
+            "test_f1": float(metrics.f1_score(truth, predicted, average="macro", zero_division=0))}
 
 
 def confusion_matrix(served: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    n_classes = served.shape[1]
-    return C.multiclass_confusion_matrix(served, targets, num_classes=n_classes).numpy()
+    """Counts [true class, predicted class] over all the model's classes."""
+    n = int(served.shape[1])
+    predicted = served.argmax(dim=1).numpy().astype(np.int64)
+    return np.bincount(targets.numpy().astype(np.int64) * n + predicted, minlength=n * n).reshape(n, n)
 
 
 PLOT_CLASSES = 30  # a confusion matrix plot shows at most this many classes (the most frequent in the test split)
@@ -65,7 +74,7 @@ def confusion_artifacts(served: torch.Tensor, targets: torch.Tensor, classes: li
     if csv is not None and n <= CSV_CLASSES:
         import pandas as pd
 
-        full = np.bincount(truth * n + predicted, minlength=n * n).reshape(n, n)
+        full = confusion_matrix(served, targets)
         labels = [str(c) for c in classes]
         pd.DataFrame(full, index=pd.Index(labels, name="true / predicted"), columns=labels).to_csv(csv)
         written = True
@@ -85,6 +94,7 @@ def class_count_warning(n_classes: int, n_rows: int) -> str | None:
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: list, path, title: str = "confusion matrix (test split)") -> None:
     """Counts in the cells up to LABELLED_CLASSES classes; the figure grows with the classes up to 16 inches."""
+    plt = pyplot()
     n = len(classes)
     size = min(16.0, max(4.0, 0.6 * n + 2))
     fig, ax = plt.subplots(figsize=(size, size))
@@ -111,6 +121,7 @@ def _label(value, limit: int = 24) -> str:
 
 
 def plot_predicted_vs_true(predicted: np.ndarray, truth: np.ndarray, path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(truth, predicted, s=10, alpha=0.6)
     low, high = float(min(truth.min(), predicted.min())), float(max(truth.max(), predicted.max()))
@@ -121,3 +132,12 @@ def plot_predicted_vs_true(predicted: np.ndarray, truth: np.ndarray, path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and workers
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -88,11 +88,9 @@ def suggest(finding: LRFinding, first: float | None) -> LRFinding:
 
 
 def plot(finding: LRFinding, path) -> None:
-    import matplotlib
+    from training.evaluation import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(finding.lrs, finding.losses)
     ax.set_xscale("log")

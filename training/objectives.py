@@ -28,7 +28,7 @@ class Objective:
     def val_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Cheap metrics computed every epoch next to val_loss (the full set is for evaluate)."""
         served = self.serve(outputs.float())
-        if self.task == "regression":  # plain torch: torchmetrics (and the torchvision it imports) loads for evaluate
+        if self.task == "regression":  # plain torch, per epoch; evaluate computes the full set
             return {"val_mae": (served.squeeze(1) - targets).abs().mean().item()}
         return {"val_accuracy": (served.argmax(1) == targets).float().mean().item()}
 
