@@ -134,7 +134,10 @@ def main(argv=None, prefect_server=None, warm_up: bool = False) -> int:
         promotion = result["promotion"]
         print(f"registered: models:/{result['model_name']}/{result['model_version']} ({promotion['decision']}: "
               f"{promotion['reason']})")
-    print(f"MLflow run: {result['run_id']} (make mlflow-ui, then http://127.0.0.1:5000)")
+    from tasks.tracking import ui_url  # loaded with the flow already
+
+    print(f"MLflow run: {result['run_id']} (make mlflow-ui, then {ui_url(result['experiment_id'], result['run_id'])})")
+    print(f"all runs, key metrics as columns: {ui_url(result['experiment_id'])}")
     trace("flow done")
     return 0
 

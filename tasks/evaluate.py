@@ -1,6 +1,5 @@
 """evaluate: scikit-learn's metrics on the test split, a confusion matrix or predicted-vs-true plot, and a Prefect
 markdown artifact that summarises the run and links to it in MLflow."""
-import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -27,11 +26,7 @@ def serving_model(prepared: Prepared, trained: Trained):
 
 
 def mlflow_run_url(run_id: str) -> str:
-    client = tracking.configure()
-    experiment_id = client.get_run(run_id).info.experiment_id
-    base = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
-    # the query opens MLflow's "Model training" view; a fresh browser otherwise shows the GenAI one (MLflow 3.17)
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return tracking.ui_url(tracking.configure().get_run(run_id).info.experiment_id, run_id)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -62,6 +57,9 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     tracking.log_metrics(run_id, metrics)
     for path in [plot, *extra]:
         tracking.configure().log_artifact(run_id, str(path), "evaluate")
+    # MLflow 3.17's compare page shows only files at the artifact root ("No common artifacts to display" when all
+    # are in folders): the plot again there, so that two runs' plots compare side by side
+    tracking.configure().log_artifact(run_id, str(plot))
 
     logger = get_run_logger()
     if warning:
@@ -82,7 +80,9 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     create_markdown_artifact(
         key="train-summary",
         markdown=(f"# {target.name}: {target.task}\n\n{table}\n\n"
-                  f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]({url})\n"),
+                  f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]({url}); "
+                  f"[all runs of the experiment, key metrics as columns]"
+                  f"({tracking.ui_url(tracking.configure().get_run(run_id).info.experiment_id)})\n"),
         description="test metrics of this train-flow run",
     )
     return metrics

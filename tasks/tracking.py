@@ -5,6 +5,7 @@ logging works the same whether Prefect runs a task inline or in a worker thread.
 """
 import contextlib
 import functools
+import json
 import os
 import threading
 import time
@@ -130,15 +131,55 @@ def _client(uri: str) -> MlflowClient:
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs, not GenAI
 
+# MLflow 3.17's runs list shows no metric, parameter or tag column until a user picks them, and keeps that choice in
+# the browser. A saved view is an experiment tag `mlflow.sharedViewState.<id>` (what the UI's *Views* menu writes):
+# every browser lists it under *Views*, and `?viewStateShareKey=<id>` opens it. Columns that no run of the experiment
+# has are not shown, so one list serves classification and regression; the test metrics come first.
+RUNS_VIEW = "torchyard"
+RUNS_VIEW_NAME = "torchyard: key metrics"
+RUNS_VIEW_COLUMNS = (
+    [f"metrics.`{k}`" for k in ("test_accuracy", "test_f1", "test_auroc", "test_r2", "test_mae", "test_mse",
+                                "baseline_test_accuracy", "margin_test_accuracy", "baseline_test_r2",
+                                "margin_test_r2", "epochs_run")]
+    + [f"params.`{k}`" for k in ("model.type", "train.lr", "train.n_epochs")]
+    + [f"tags.`{k}`" for k in ("promotion.decision", "registered_model")])
+
+
+def runs_view_tag() -> tuple[str, str]:
+    """The saved view's experiment tag: its key and the JSON envelope the UI reads ({name, createdAt, updatedAt,
+    state}, the state a JSON string of the runs list's UI state: columns shown, their order and widths)."""
+    now = int(time.time() * 1000)
+    widths = {c: 180 if c.startswith(("metrics.`baseline_", "metrics.`margin_")) else 150
+              for c in RUNS_VIEW_COLUMNS if c.startswith("metrics.`") and c != "metrics.`epochs_run`"}
+    state = json.dumps({"selectedColumns": RUNS_VIEW_COLUMNS, "columnOrder": RUNS_VIEW_COLUMNS,
+                        "columnWidths": widths})
+    return f"mlflow.sharedViewState.{RUNS_VIEW}", json.dumps({"name": RUNS_VIEW_NAME, "createdAt": now,
+                                                               "updatedAt": now, "state": state})
+
+
+def ui_url(experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI (MLFLOW_UI_URL, default http://127.0.0.1:5000) in its *Model training* view (a fresh
+    browser opens an experiment on the GenAI one): a run's page, or the experiment's runs list in the saved view."""
+    base = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created when missing, with the training-runs kind and the saved view (added to an
+    existing experiment once; a view a user has since changed in the UI is theirs and left alone)."""
+    view_key, view = runs_view_tag()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if "mlflow.experimentKind" not in experiment.tags:
             client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        if view_key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, view_key, view)
         return experiment.experiment_id
     root = artifact_root()
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                    tags={**EXPERIMENT_KIND, view_key: view})
 
 
 def flat(prefix: str, values: dict) -> dict:

@@ -69,6 +69,12 @@ def test_classification_run_is_recorded_registered_and_predictable(fast_train, m
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "evaluate")}
     artifacts |= {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "preprocess")}
     assert {"evaluate/confusion_matrix.png", "preprocess/preprocessing.json"} <= artifacts
+    # the plot at the root too: MLflow 3.17's compare page shows only files there ("No common artifacts" otherwise)
+    assert "confusion_matrix.png" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
+    # the saved view that shows the key metrics as columns in the runs list (the UI's Views menu)
+    view = json.loads(mlflow_client.get_experiment(run.info.experiment_id).tags["mlflow.sharedViewState.torchyard"])
+    assert isinstance(view["name"], str) and isinstance(view["createdAt"], int)
+    assert "metrics.`test_accuracy`" in json.loads(view["state"])["selectedColumns"]
 
     version = mlflow_client.get_model_version(name, result["model_version"])
     assert version.run_id == run.info.run_id and "test_accuracy" in version.description
@@ -113,6 +119,8 @@ def test_prefect_artifact_links_to_the_mlflow_run(fast_train, mlflow_client):
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     (summary,) = [a for a in artifacts if a.key == "train-summary"]
     assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in summary.data
+    assert (f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=torchyard"
+            in summary.data)
     assert "test_accuracy" in summary.data
 
 
@@ -124,6 +132,7 @@ def test_regression_run(fast_train, mlflow_client):
     assert {"test_mse", "test_mae", "test_r2", "val_mae"} <= set(run.data.metrics)
     assert run.data.metrics["test_r2"] > 0.2  # the mean predictor scores 0
     assert "evaluate/predicted_vs_true.png" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "evaluate")}
+    assert "predicted_vs_true.png" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
 
 
 def test_binary_run_logs_auroc(fast_train, mlflow_client):
