@@ -1,7 +1,7 @@
 """torch.nn.Module definitions (mlp.py, cnn.py, text.py) and build_model(config) (build.py). Imports neither prefect
 nor mlflow, and not even torch until a model is built: `models.config` is read by the CLI's --help, which must stay
 instant."""
-_BUILD = ("build_model", "transfer", "save_network", "load_network", "load_weights")
+_BUILD = ("build_model", "transfer", "save_network", "load_network", "network_from", "load_weights")
 
 
 def __getattr__(name: str):

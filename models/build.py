@@ -9,9 +9,11 @@ from models.mlp import MLP
 from models.text import TextNet
 
 
-def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Module:
+def build_model(config: ModelConfig, input_size: int, output_size: int, hf_config: dict | None = None) -> nn.Module:
     """input_size: features for an MLP, image channels for a CNN or a torchvision network, vocabulary size for a text
-    model. A torchvision network starts from random weights here: training loads model.weights (load_weights)."""
+    model. A torchvision network starts from random weights here: training loads model.weights (load_weights).
+    hf_config: for model.encoder hf, the encoder's saved config (HF_CONFIG): built from it, random weights, instead
+    of loaded from model.pretrained_hf."""
     if config.type != "auto":
         config = config.resolved()  # n_layers' default for the type
     if config.type == "mlp":
@@ -27,7 +29,8 @@ def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Mo
     if config.type == "text" and config.encoder == "hf":
         from models.hf_text import HFTextNet  # imports transformers: only for these networks
 
-        return HFTextNet(config.pretrained_hf, output_size, pooling=config.pooling, dropout=config.dropout)
+        return HFTextNet(config.pretrained_hf, output_size, pooling=config.pooling, dropout=config.dropout,
+                         encoder_config=hf_config)
     if config.type == "text":
         return TextNet(input_size, output_size, encoder=config.encoder, embedding_dim=config.embedding_dim,
                        hidden_size=config.hidden_size, n_layers=config.n_layers, kernel_size=config.kernel_size,
@@ -43,8 +46,8 @@ def build_model(config: ModelConfig, input_size: int, output_size: int) -> nn.Mo
 def transfer(saved: dict, output_size: int, freeze_features: bool) -> tuple[nn.Module, ModelConfig]:
     """A network with the architecture and feature weights of a saved one (a model file's 'network' entry) and a
     fresh head for `output_size` outputs."""
-    config = ModelConfig(**saved["model_config"])
-    network = build_model(config, saved["input_size"], output_size)
+    config, hf_config = saved_config(saved)
+    network = build_model(config, saved["input_size"], output_size, hf_config)
     features = {k: v for k, v in saved["state_dict"].items() if k.startswith(("features.", "numeric_embedding."))}
     network.load_state_dict(features, strict=False)
     if freeze_features:
@@ -61,15 +64,38 @@ def load_weights(network: nn.Module, config: ModelConfig) -> str | None:
     return str(load(network, config.weights))
 
 
+# Key of the saved model_config that holds an hf encoder's config.json (HFTextNet.encoder_config), so that the saved
+# form (and the model file's 'network' entry, which export copies) rebuilds the network without the Hugging Face
+# folder. Not a ModelConfig field: set from the network when it is saved, never by a user, never logged as a param.
+HF_CONFIG = "hf_config"
+
+
 def save_network(path, config: ModelConfig, input_size: int, output_size: int, network: nn.Module) -> None:
     """Weights plus what is needed to rebuild the module; plain data, loadable with weights_only=True."""
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    torch.save({"model_config": config.model_dump(), "input_size": input_size, "output_size": output_size,
+    model_config = config.model_dump()
+    encoder_config = getattr(getattr(network, "module", network), "encoder_config", None)  # DDP wraps it
+    if encoder_config is not None:
+        model_config[HF_CONFIG] = encoder_config()
+    torch.save({"model_config": model_config, "input_size": input_size, "output_size": output_size,
                 "state_dict": state}, path)
+
+
+def saved_config(saved: dict) -> tuple[ModelConfig, dict | None]:
+    """The ModelConfig of a saved form, and its hf encoder's config (None for other networks or an older file)."""
+    entries = dict(saved["model_config"])
+    hf_config = entries.pop(HF_CONFIG, None)
+    return ModelConfig(**entries), hf_config
 
 
 def load_network(path) -> tuple[nn.Module, dict]:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    network = build_model(ModelConfig(**saved["model_config"]), saved["input_size"], saved["output_size"])
+    return network_from(saved), saved
+
+
+def network_from(saved: dict) -> nn.Module:
+    """The network of a saved form (save_network's file, or a model file's 'network' entry), in eval mode."""
+    config, hf_config = saved_config(saved)
+    network = build_model(config, saved["input_size"], saved["output_size"], hf_config)
     network.load_state_dict(saved["state_dict"])
-    return network.eval(), saved
+    return network.eval()

@@ -67,7 +67,9 @@ class ModelConfig(BaseModel):
                                "last one (text.max_len is usually shorter).")
     pretrained_hf: str | None = Field(None, description="text, encoder hf: a local Hugging Face model folder "
                                       "(save_pretrained: config.json, weights, tokenizer files); never downloaded. "
-                                      "Its tokenizer replaces torchyard's vocabulary and is saved in the model file.")
+                                      "Its tokenizer replaces torchyard's vocabulary and is saved in the model file. "
+                                      "Not needed with model.pretrained (a torchyard model trained with encoder hf: "
+                                      "its encoder and tokenizer are taken from the model file).")
     pooling: Literal["mean", "cls"] = Field("mean", description="text, encoder hf: masked mean of the last hidden "
                                             "states, or the first ([CLS]) token's.")
     # transfer learning
@@ -134,8 +136,9 @@ class ModelConfig(BaseModel):
         if self.type == "text" and self.encoder == "transformer" and self.embedding_dim % self.n_heads:
             raise ValueError(f"model.embedding_dim {self.embedding_dim} must be divisible by model.n_heads "
                              f"{self.n_heads} for the transformer encoder")
-        if self.encoder == "hf" and self.type in ("auto", "text") and not self.pretrained_hf:
-            raise ValueError("model.encoder hf needs model.pretrained_hf: a local Hugging Face model folder")
+        if self.encoder == "hf" and self.type in ("auto", "text") and not (self.pretrained_hf or self.pretrained):
+            raise ValueError("model.encoder hf needs model.pretrained_hf: a local Hugging Face model folder (or "
+                             "model.pretrained: a torchyard model trained with model.encoder hf)")
         if self.type == "torchvision":
             self.arch = self.arch or arch_of(self.weights)  # --weights ResNet18_Weights.DEFAULT alone
             if self.arch is None:

@@ -7,6 +7,10 @@ tokenize raw text with the `tokenizers` library alone (no transformers, no folde
 (tests/test_hf_text.py compares the ids with transformers' AutoTokenizer). Fitting loads the tokenizer with
 transformers (local files only), which also converts a folder holding only a vocab.txt to that form.
 
+A later run that starts from such a model (model.pretrained with model.encoder hf; text.hf_tokenizer is then that
+model file or registry URI) takes the tokenizer from the model file's own state (`fit` -> `tokenizer_of_model`): the
+ids its encoder was trained on, with neither the folder nor transformers.
+
 Ids are written as torchyard's token tensor: 0 = padding, tokenizer id + 1 elsewhere (models/hf_text.py undoes the
 shift and takes the mask from the zeros), each text cut to max_len tokens, special tokens included.
 """
@@ -76,28 +80,64 @@ def load_tokenizer(folder: str | os.PathLike):
                            "(tokenizer.save_pretrained(folder))") from None
 
 
-def fit(train_texts, target: dict, config: TextConfig) -> tuple[dict, np.ndarray]:
+def is_model_reference(source: str) -> bool:
+    """text.hf_tokenizer names a torchyard model (a .pth/.onnx model file or a models:/ registry URI, set from
+    model.pretrained), not a Hugging Face folder."""
+    path = Path(source).expanduser()
+    return source.startswith("models:/") or path.is_file() or (not path.is_dir() and
+                                                              path.suffix.lower() in (".pth", ".pt", ".onnx"))
+
+
+def tokenizer_of_model(reference: str, registry=None) -> dict:
+    """The hf tokenizer state of a torchyard model trained with model.encoder hf (a model file, or a registry URI
+    read through `registry`: tasks/registry.py, handed down by the preprocess task, so that the core imports no
+    MLflow): the tokenizer its encoder was trained on. HFModelError when it cannot be read or was trained otherwise."""
+    from serving.bundle import ModelFileError
+    from serving.registry import resolve
+
+    try:
+        bundle, _ = resolve(reference, registry)
+    except ModelFileError as exc:
+        raise HFModelError(f"model.pretrained {reference} could not be loaded: {exc}") from None
+    state = bundle.preprocessing
+    if state.get("pipeline") != PIPELINE:
+        raise HFModelError(f"model.pretrained {reference} was not trained with model.encoder hf (its texts are "
+                           f"prepared by {state.get('pipeline') or 'another pipeline'}), so it has no Hugging Face "
+                           "tokenizer and encoder to start from")
+    return state
+
+
+def fit(train_texts, target: dict, config: TextConfig, registry=None) -> tuple[dict, np.ndarray]:
     """The state HFTokenTransform applies (the tokenizer and max_len: text.max_len, or the max_len_percentile of
-    the train texts' lengths, capped by max_len_cap and the model's max positions) and the encoded train texts."""
-    folder = config.hf_tokenizer
-    tokenizer = load_tokenizer(folder)
-    definition = tokenizer.backend_tokenizer.to_str()
-    limits = [max_positions(folder)]
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and model_max < 1_000_000:
-        limits.append(model_max)
-    model_limit = min([n for n in limits if n] or [config.max_len_cap])
+    the train texts' lengths, capped by max_len_cap and the model's max positions) and the encoded train texts.
+    text.hf_tokenizer is a Hugging Face folder, or a torchyard model whose own tokenizer is kept
+    (is_model_reference)."""
+    source = config.hf_tokenizer
+    if is_model_reference(source):
+        pretrained = tokenizer_of_model(source, registry)
+        tokenizer, folder, model_limit = None, pretrained["hf_folder"], int(pretrained["model_max_len"])
+        definition, vocab_size = pretrained["tokenizer"], int(pretrained["vocab_size"])
+    else:
+        folder = source
+        tokenizer = load_tokenizer(folder)
+        definition = tokenizer.backend_tokenizer.to_str()
+        limits = [max_positions(folder)]
+        model_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and model_max < 1_000_000:
+            limits.append(model_max)
+        model_limit = min([n for n in limits if n] or [config.max_len_cap])
+        vocab_size = int(tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)) + 1
     state = {"data_type": "text", "pipeline": PIPELINE, "config": config.model_dump(), "tokenizer": definition,
              "hf_folder": str(folder), "model_max_len": model_limit, "max_len": model_limit,
-             "vocab_size": int(tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)) + 1,
-             "target": target}
+             "vocab_size": vocab_size, "target": target}
     lengths = np.array([len(ids) for ids in HFTokenTransform(state).token_ids(train_texts, truncate=False)])
     state["max_len"] = max(1, min(max_len_for(lengths, config), model_limit))
     state["stats"] = {"train_truncated_share": float((lengths > state["max_len"]).mean()) if len(lengths) else 0.0,
                       "train_length_p50": float(np.percentile(lengths, 50)) if len(lengths) else 0.0,
                       "train_length_max": int(lengths.max()) if len(lengths) else 0}
     transform = HFTokenTransform(state)
-    _check_same_ids(transform, tokenizer, train_texts, folder)
+    if tokenizer is not None:  # a model's saved tokenizer was checked when that model was fitted
+        _check_same_ids(transform, tokenizer, train_texts, folder)
     return state, transform.encode(train_texts)
 
 
@@ -169,6 +209,7 @@ class HFTokenTransform(TargetCodec):
         return trim(self.encode(self.texts(frame, name)))
 
     def describe(self) -> dict:
-        return {"text_column": self.config.text_column, "hf_tokenizer": self.state["hf_folder"],
+        return {"text_column": self.config.text_column,
+                "hf_tokenizer": self.config.hf_tokenizer or self.state["hf_folder"],  # a folder, or model.pretrained
                 "max_len": self.max_len, "model_max_len": self.state["model_max_len"],
                 "vocab_size": self.vocab_size, "max_len_percentile": self.config.max_len_percentile}

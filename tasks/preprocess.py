@@ -17,7 +17,7 @@ from preprocessing import kinds
 from preprocessing.config import ImageConfig, TabularConfig, TextConfig
 from preprocessing.kinds.base import Settings
 from preprocessing.steps import Prepared, Splits, Validated
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.inputs import record
 from tasks.parallel import ParallelConfig, chunk_mapper
 
@@ -27,7 +27,7 @@ def preprocess(validated: Validated, splits: Splits, config: TabularConfig, imag
                text_config: TextConfig, run_id: str, parallel: ParallelConfig = ParallelConfig()) -> Prepared:
     logger = get_run_logger()
     work = Path(validated.path).parent
-    settings = Settings(None, config, image_config, text_config)
+    settings = Settings(None, config, image_config, text_config, registry=registry)
     fitted = kinds.get(validated.data_type).prepare(validated, splits, settings, work, lambda: chunk_mapper(parallel))
     arrays = fitted.arrays_path
     if arrays is None:

@@ -1,8 +1,9 @@
 """torchvision backbones (model.type torchvision): config and flags, weights from a file or the torch hub cache (never
 downloaded), fine-tuning (frozen features and BatchNorm statistics, unfreeze_after, backbone_lr_mult), and for every
-arch one epoch on tiny images from random weights saved to a file, then ONNX export with ONNX Runtime parity. The
-whole path (train.py, export, predict.py, python -m serving) runs for resnet18 only: it is the same for every arch
-once the network exports."""
+arch one epoch on tiny images from random weights saved to a file, ONNX export with ONNX Runtime parity, the model
+file as export writes it, predictions on raw image files through predict.py's code and one /predict request to the
+serving app, in process. The whole path through the command lines (train.py, predict.py, python -m serving as a
+server process) runs for resnet18."""
 import copy
 import os
 
@@ -118,12 +119,51 @@ def test_weights_bring_their_preprocessing_unless_the_image_section_sets_it(tmp_
         backbone_settings(ImageConfig(image_size=40), ModelConfig(type="torchvision", arch="vit_b_16"))
 
 
-# ---------------------------------------------------------------- every arch: one epoch, ONNX parity
+# ---------------------------------------------------------------- every arch: one epoch, export, predict, serve
+
+CLASSES = ["red", "green", "blue"]
+PICTURES = {"red.png": ((220, 30, 30), (40, 36)), "green.png": ((30, 200, 40), (36, 44)),
+            "blue.png": ((30, 40, 220), (SIDE, SIDE))}
+
+
+def write_model_file(path, onnx_bytes, model, image_config, network):
+    """The model file as tasks/export.py writes it (less the ONNX metadata, which only the .onnx beside it is read
+    for: serving/bundle.py): the ONNX bytes, the fitted image preprocessing (for three colour classes) and the network
+    entry that --pretrained reads."""
+    from preprocessing import image
+    from serving.bundle import save_bundle
+
+    state = image.fit(None, CLASSES, image_config, "label")  # mean and std given: no train images to read
+    network_entry = {"model_config": model.model_dump(), "input_size": 3, "output_size": 3,
+                     "state_dict": {k: v.detach() for k, v in network.state_dict().items()}}
+    return save_bundle(path, onnx_bytes=onnx_bytes, data_type="image", task="classification", preprocessing=state,
+                       metrics={}, run={"run_id": "test"}, network=network_entry)
+
+
+def picture_folder(folder):
+    """Noisy colour pictures, of other sides than SIDE and not all square: the saved decode resizes and crops."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for name, (colour, size) in PICTURES.items():
+        pixels = np.clip(np.array(colour) + rng.normal(0, 60, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    return folder
+
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_arch_trains_from_a_weights_file_and_exports_with_parity(arch, tmp_path):
-    from models import load_network, save_network
-    from serving.export import export_fast, parity
+def test_arch_trains_exports_predicts_and_serves(arch, tmp_path):
+    """One epoch from a weights file, the ONNX export, then the model file, predicted on raw image files by
+    predict.py's code (ONNX Runtime within export.tolerance's default of the torch network: the export's parity) and
+    served one /predict request by the real app, in process, with the same answers."""
+    from fastapi.testclient import TestClient
+
+    from models import network_from
+    from preprocessing import kinds
+    from preprocessing.kinds.image import backbone_settings
+    from serving.app import ServeSettings, create_app, load
+    from serving.export import export_fast
     from training.objectives import ServingModel, make_objective
 
     weights = random_weights(arch, tmp_path / f"{arch}.pth")
@@ -139,15 +179,40 @@ def test_arch_trains_from_a_weights_file_and_exports_with_parity(arch, tmp_path)
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
 
     network = trainer.model.eval()
-    if arch in PATCH_SIZES:  # built for the image side the model file records
-        save_network(tmp_path / "network.pt", model, 3, 3, network)
-        rebuilt, _ = load_network(tmp_path / "network.pt")  # from the model file alone: no weights file needed
-        with torch.no_grad():
-            assert torch.allclose(rebuilt(images), network(images), atol=1e-5)
     served = ServingModel(network, make_objective("classification", 3), 0.0, 1.0).eval()  # what export exports
     onnx_bytes, exporter = export_fast(served, images, "probabilities", "images", torchscript=True)
-    assert parity(onnx_bytes, served, images[:5].numpy(), tolerance=1e-4) < 1e-4  # export.tolerance's default
     assert exporter == "TorchScript"
+
+    # the model file, with the preprocessing a run with these weights gets (the weights' ImageNet mean/std)
+    image_config, model = backbone_settings(ImageConfig(image_size=SIDE), model)
+    assert image_config.mean == IMAGENET_MEAN and model.arch_image_size == SIDE
+    model_fn = write_model_file(tmp_path / "model.pth", onnx_bytes, model, image_config, network)
+    current = load(str(model_fn))  # what python -m serving loads; for a file the same as predict.py's
+    predictor = current.predictor  # Predictor.load: load_model_file, then load_checked (one sample prediction)
+    if arch in PATCH_SIZES:  # built for the image side the model file records: no weights file needed
+        with torch.no_grad():
+            assert torch.allclose(network_from(predictor.bundle.network)(images), network(images), atol=1e-5)
+
+    # predict.py's path (predict.main less the argument parsing): a folder of raw files -> a table
+    photos = picture_folder(tmp_path / "photos")
+    kind = kinds.of(predictor.transform)
+    predicted = kind.predict_frame(predictor, kind.read_inputs([str(photos)], "auto", predictor.transform),
+                                   str(photos)).set_index("path")
+    files = [str(photos / name) for name in PICTURES]
+    with torch.no_grad():
+        expected = served(torch.from_numpy(predictor.transform.features(files))).numpy()
+    probabilities = predicted.loc[files, [f"proba_{c}" for c in CLASSES]].to_numpy()
+    assert np.abs(probabilities - expected).max() < 1e-4  # export.tolerance's default
+    assert predicted.loc[files, "prediction"].tolist() == [CLASSES[i] for i in probabilities.argmax(1)]
+
+    # one request to the real app (the model loaded above), the same files uploaded
+    client = TestClient(create_app(ServeSettings(model=str(model_fn)), loaded=current))
+    uploads = [("files", (name, (photos / name).read_bytes(), "image/png")) for name in PICTURES]
+    response = client.post("/predict", files=uploads)
+    assert response.status_code == 200, response.text
+    answers = response.json()["predictions"]
+    assert [a["prediction"] for a in answers] == predicted.loc[files, "prediction"].tolist()
+    assert np.abs(np.array([[a["probabilities"][c] for c in CLASSES] for a in answers]) - probabilities).max() < 1e-6
 
 
 # ---------------------------------------------------------------- fine-tuning

@@ -1,6 +1,7 @@
 """model.encoder hf: a local Hugging Face model (here a tiny randomly initialised BERT with a WordPiece tokenizer
 trained on the reviews sample, saved with save_pretrained inside the test; nothing is downloaded) trained through
-train-flow, exported to ONNX, predicted by predict.py and served, all on raw text through the saved tokenizer."""
+train-flow, exported to ONNX, predicted by predict.py and served, all on raw text through the saved tokenizer; then
+that model file as the model.pretrained of a later run, with the folder moved away."""
 import io
 import subprocess
 import sys
@@ -106,6 +107,76 @@ def test_freeze_features_and_backbone_lr_mult(tiny_bert):
     assert torch.allclose(network(ids), padded, atol=1e-5)  # padding is masked out
 
 
+def test_a_half_precision_checkpoint_trains_in_float32(tiny_bert, tmp_path):
+    """A folder saved in bfloat16 (as many published checkpoints are) is loaded in float32: the head, the trainer
+    and the export take float32."""
+    import torch
+    from transformers import AutoModel
+
+    from training.fit import build_network
+
+    AutoModel.from_pretrained(str(tiny_bert)).to(torch.bfloat16).save_pretrained(tmp_path)
+    network, _ = build_network(ModelConfig(type="text", encoder="hf", pretrained_hf=str(tmp_path)), 0, 3)
+    assert {p.dtype for p in network.parameters()} == {torch.float32}
+    assert network(torch.tensor([[3, 10, 20, 4, 0]])).dtype == torch.float32
+
+
+def test_a_model_file_as_pretrained_brings_its_tokenizer_and_encoder(tiny_bert, tmp_path):
+    """--encoder hf --pretrained m.pth: the tokenizer comes from the model file (text.hf_tokenizer is set to it),
+    the encoder is rebuilt from the config the network entry records: neither needs the folder."""
+    import torch
+
+    from flows.config import RunConfig
+    from models import build_model, save_network
+    from preprocessing import hf_text
+    from preprocessing.hf_text import HFModelError
+    from serving.bundle import save_bundle
+    from training.fit import build_network
+
+    config = RunConfig(data=DataConfig(data_type="text"), model=ModelConfig(encoder="hf", pretrained="m.pth"))
+    assert config.text.hf_tokenizer == "m.pth"
+    named = RunConfig(data=DataConfig(data_type="text"), model=ModelConfig(encoder="hf", pretrained="reviews-hf"))
+    assert named.text.hf_tokenizer == "models:/reviews-hf@champion"  # a bare registered name, as serving reads it
+    with pytest.raises(ValueError, match="give model.encoder hf too"):
+        RunConfig(data=DataConfig(data_type="text"), model=ModelConfig(pretrained="m.pth"))
+
+    from preprocessing.samples import reviews
+
+    texts = reviews()["text"].head(100)
+    target = {"name": "label", "task": "classification", "classes": ["a", "b"]}
+    first_state, first_ids = hf_text.fit(texts, target, TextConfig(hf_tokenizer=str(tiny_bert)))
+    model = ModelConfig(type="text", encoder="hf", pretrained_hf=str(tiny_bert), pooling="cls")
+    first = build_model(model, first_state["vocab_size"], 2)
+    with torch.no_grad():
+        for parameter in first.features.parameters():
+            parameter.add_(0.5)  # fine-tuned: other weights than the folder's
+    save_network(tmp_path / "network.pt", model, first_state["vocab_size"], 2, first)
+    saved = torch.load(tmp_path / "network.pt", weights_only=True)
+    model_fn = save_bundle(tmp_path / "m.pth", onnx_bytes=b"onnx", data_type="text", task="classification",
+                           preprocessing=first_state, network=saved)
+    moved = tmp_path / "elsewhere"
+    tiny_bert.rename(moved)
+    try:
+        state, ids = hf_text.fit(texts, target, TextConfig(hf_tokenizer=str(model_fn)))
+        assert (state["tokenizer"], state["vocab_size"]) == (first_state["tokenizer"], first_state["vocab_size"])
+        assert (ids == first_ids).all()
+        network, built_from = build_network(ModelConfig(encoder="hf", pretrained=str(model_fn),
+                                                        freeze_features=True), state["vocab_size"], 5,
+                                            pretrained=saved)
+        assert built_from.pooling == "cls" and network.head.out_features == 5
+        assert all(torch.equal(v, first.features.state_dict()[k]) for k, v in network.features.state_dict().items())
+        assert [n for n, p in network.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    finally:
+        moved.rename(tiny_bert)
+
+    plain = save_bundle(tmp_path / "plain.pth", onnx_bytes=b"onnx", data_type="text", task="classification",
+                        preprocessing={"pipeline": "text/3"})
+    with pytest.raises(HFModelError, match="was not trained with model.encoder hf"):
+        hf_text.fit(texts, target, TextConfig(hf_tokenizer=str(plain)))
+    with pytest.raises(HFModelError, match="could not be loaded.*not found"):
+        hf_text.fit(texts, target, TextConfig(hf_tokenizer=str(tmp_path / "nowhere.pth")))
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_hf_encoder_trains_exports_predicts_and_serves_raw_text(tiny_bert, tmp_path, mlflow_client):
     from flows.train_flow import train_flow
@@ -155,5 +226,43 @@ def test_hf_encoder_trains_exports_predicts_and_serves_raw_text(tiny_bert, tmp_p
             assert [p["prediction"] for p in response.json()["predictions"]] == direct["prediction"][:4].tolist()
         finally:
             assert "Traceback" not in server.stop()
+
+        later_run_starts_from(model_fn, tmp_path, mlflow_client)  # the folder still away: the model file suffices
     finally:
         moved.rename(tiny_bert)
+
+
+def later_run_starts_from(model_fn, tmp_path, mlflow_client):
+    """The model as the model.pretrained of a later run (a regression on another file, encoder frozen): its
+    tokenizer and fine-tuned encoder are taken from the model file, the head is new; export, predict."""
+    import torch
+
+    from flows.train_flow import train_flow
+    from preprocessing.samples import reviews
+    from serving.bundle import load_bundle
+    from serving.inference import Predictor
+    from tests.test_flow import mlflow_run
+
+    first = load_bundle(model_fn)
+    ratings = reviews().sample(150, random_state=1)[["text", "rating"]]
+    ratings.to_csv(tmp_path / "ratings.csv", index=False)
+    later_fn = tmp_path / "ratings-hf.pth"
+    state = train_flow(data=DataConfig(source=str(tmp_path / "ratings.csv"), data_type="text", target="rating",
+                                       task="regression"),
+                       model=ModelConfig(encoder="hf", pretrained=str(model_fn), freeze_features=True),
+                       train=TrainerConfig(n_epochs=1, batch_size=32, lr=0.01),
+                       export=ExportConfig(register_model=False), experiment=f"hf-{uuid.uuid4().hex[:8]}",
+                       model_fn=str(later_fn), return_state=True)
+    assert state.is_completed(), state.message
+    params = mlflow_run(mlflow_client, state).data.params
+    assert params["preprocess.hf_tokenizer"] == str(model_fn) and params["model.pooling"] == "cls"  # the first's
+    later = load_bundle(later_fn)
+    assert later.preprocessing["tokenizer"] == first.preprocessing["tokenizer"]
+    assert later.preprocessing["vocab_size"] == first.preprocessing["vocab_size"]
+    assert later.network["model_config"]["hf_config"] == first.network["model_config"]["hf_config"]
+    before, after = first.network["state_dict"], later.network["state_dict"]
+    encoder = [k for k in before if k.startswith("features.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)  # fine-tuned encoder, kept frozen
+    assert before["head.weight"].shape[0] == 3 and after["head.weight"].shape[0] == 1  # a new head
+    predicted = Predictor.load(later_fn).predict(pd.DataFrame({"text": TEXTS}))
+    assert predicted["prediction"].notna().all() and len(predicted) == len(TEXTS)

@@ -8,6 +8,7 @@ imports neither Prefect nor MLflow: what a step should log comes back as a `Reco
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ class Settings:
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
     cache_dir: Path | None = None  # images: decoded files kept across runs, keyed by the data's fingerprint
+    registry: Any = None  # the model registry (tasks/registry.py) for a models:/ reference; the core imports no MLflow
 
 
 @dataclass

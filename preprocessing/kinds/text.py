@@ -32,7 +32,7 @@ class Text(Kind):
         column, train = config.text_column, parts["train"]
         target = Target.fit(train[schema.target], schema.target, schema.task, schema.classes).to_state()
         if config.hf_tokenizer:  # model.encoder hf: the model's own tokenizer instead of the vocabulary
-            return self._fit_hf_parts(parts, schema, config, target)
+            return self._fit_hf_parts(parts, schema, config, target, settings.registry)
         arrays, record = {}, Record()
         with mapper() as map_chunks:  # cleaning and tokenization, chunk by chunk on Dask if asked
             state, arrays["train_ids"] = text.fit(train[column], target, config, map_chunks)
@@ -60,11 +60,11 @@ class Text(Kind):
                    f"{stats['train_unk_share']:.1%} train, {val_unk:.1%} val")
         return Fitted(state, arrays, summary, record)
 
-    def _fit_hf_parts(self, parts, schema, config, target):
+    def _fit_hf_parts(self, parts, schema, config, target, registry):
         from preprocessing import hf_text
 
         column = config.text_column
-        state, train_ids = hf_text.fit(parts["train"][column], target, config)
+        state, train_ids = hf_text.fit(parts["train"][column], target, config, registry)
         transform = hf_text.HFTokenTransform(state)
         arrays = {"train_ids": train_ids}
         for name, part in parts.items():
@@ -100,9 +100,12 @@ class Text(Kind):
         if config.model.encoder == "hf":  # its tokenizer replaces the vocabulary: preprocess reads it from here
             from preprocessing.hf_text import hf_folder
 
-            if config.model.pretrained:
-                raise ValueError("model.pretrained is not offered with model.encoder hf: start from "
-                                 "model.pretrained_hf")
+            if config.model.pretrained:  # a torchyard model trained with encoder hf: its own tokenizer and encoder
+                from serving.registry import registry_uri
+
+                reference = registry_uri(config.model.pretrained) or config.model.pretrained  # a bare name too
+                config.text = config.text.model_copy(update={"hf_tokenizer": reference})
+                return
             folder = str(hf_folder(config.model.pretrained_hf))  # a missing folder fails before any work
             config.text = config.text.model_copy(update={"hf_tokenizer": folder})
             return
@@ -110,8 +113,9 @@ class Text(Kind):
             raise ValueError("text.hf_tokenizer is set from model.pretrained_hf for model.encoder hf; the "
                              f"{config.model.encoder} encoder uses torchyard's vocabulary: leave it unset")
         if config.model.pretrained:
-            raise ValueError("model.pretrained is not offered for text models: a new vocabulary would not match "
-                             "the pretrained embedding")
+            raise ValueError("model.pretrained is not offered for text models with torchyard's vocabulary: a new "
+                             "vocabulary would not match the pretrained embedding. A model trained with "
+                             "model.encoder hf can be: give model.encoder hf too (its tokenizer is kept)")
         if config.model.encoder != "mean":
             if config.text.word_ngrams > 1:
                 raise ValueError(f"text.word_ngrams {config.text.word_ngrams} adds a bag of n-grams for the mean "
