@@ -42,6 +42,8 @@ bench-text: install
 	$(PY) bench/bench_text_pipeline.py
 
 BENCH_SERVING_ARGS ?=
+# torchyard vs a bare FastAPI + ONNX Runtime app vs mlflow models serve: tables, texts and images, and
+# micro-batching on/off under 64 concurrent single-input requests (issue 16); trains and registers three small models
 bench-serving: install
 	$(PY) bench/bench_serving.py $(BENCH_SERVING_ARGS)
 

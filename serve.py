@@ -11,6 +11,7 @@ import os
 import sys
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+BATCH_MAX_ROWS, BATCH_WAIT_MS, ONNX_THREADS = 64, 0.0, 1  # serving.app's (tests/test_microbatch.py checks)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retry-after", type=int, default=1, help="seconds in the Retry-After header of a 503")
     p.add_argument("--inline-bytes", type=int, default=16384, help="tabular /predict bodies up to this size are "
                    "answered on the event loop (cheaper than a thread hop); 0: every request's work on a thread")
+    p.add_argument("--batch-max-rows", type=int, default=BATCH_MAX_ROWS, help="micro-batching: most rows, texts or "
+                   "images that concurrent prediction requests join into one model call; a request with as many or "
+                   f"more is not batched (0: off; default {BATCH_MAX_ROWS})")
+    p.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS, help="micro-batching: milliseconds the "
+                   "first request waits for others when the model is idle; requests arriving while a batch runs are "
+                   f"joined without waiting (default {BATCH_WAIT_MS:g})")
+    p.add_argument("--onnx-threads", type=int, default=ONNX_THREADS, help="ONNX Runtime's intra-op threads per "
+                   "model (0: its default, one per core); the server's parallelism is its requests and --workers, "
+                   f"so the default is {ONNX_THREADS}: more can shorten one large request on an idle machine")
     return p.parse_args(argv)
 
 
@@ -86,18 +96,20 @@ def main(argv=None) -> int:
     if args.protect_predict and not args.api_key:
         print("error: --protect-predict needs --api-key (or TORCHYARD_API_KEY)", file=sys.stderr)
         return 2
-    if args.workers < 1 or args.max_in_flight < 0 or args.inline_bytes < 0 or args.retry_after < 0:
-        print("error: --workers must be at least 1; --max-in-flight, --inline-bytes and --retry-after at least 0",
-              file=sys.stderr)
+    if args.workers < 1 or args.max_in_flight < 0 or args.inline_bytes < 0 or args.retry_after < 0 \
+            or args.batch_max_rows < 0 or not 0 <= args.batch_wait_ms <= 1000 or args.onnx_threads < 0:
+        print("error: --workers must be at least 1; --max-in-flight, --inline-bytes, --retry-after, "
+              "--batch-max-rows and --onnx-threads at least 0; --batch-wait-ms from 0 to 1000", file=sys.stderr)
         return 2
     settings = ServeSettings(model=args.model, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                              api_key=args.api_key, protect_predict=args.protect_predict,
                              loopback=args.host in ("127.0.0.1", "localhost", "::1"),
                              max_image_side=args.max_image_side, reload_interval=args.reload_interval,
                              max_in_flight=args.max_in_flight, retry_after=args.retry_after,
-                             inline_bytes=args.inline_bytes)
+                             inline_bytes=args.inline_bytes, batch_max_rows=args.batch_max_rows,
+                             batch_wait_ms=args.batch_wait_ms, onnx_threads=args.onnx_threads)
     try:
-        loaded = load(settings.model, registry)
+        loaded = load(settings.model, registry, settings.onnx_threads)
     except Exception as exc:
         reason = user_facing(exc)
         if reason is None:

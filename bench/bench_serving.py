@@ -1,22 +1,31 @@
 """REST API throughput and latency: torchyard's server against a bare FastAPI + ONNX Runtime app and MLflow's own
-server on the same model, driven by the same client in one run (issue 16).
+server on the same model, driven by the same client in one run, for tables, texts and images; and micro-batching on
+against off under many concurrent single-input requests (issue 16).
 
-    .venv/bin/python bench/bench_serving.py                    # trains and registers a wine model first
+    .venv/bin/python bench/bench_serving.py                    # trains and registers a wine, a text, an image model
     .venv/bin/python bench/bench_serving.py --model m.pth --registered models:/wine-mlp/1 \\
-        --tracking-uri sqlite:///mlflow.db --seconds 10
+        --tracking-uri sqlite:///mlflow.db --text-model t.pth --image-model i.pth --seconds 10
+    .venv/bin/python bench/bench_serving.py --kinds tabular --batching-concurrency 0    # the table comparison only
 
-Three servers, each one process on a loopback port:
-- torchyard: `python -m serving --model <the .pth>` (POST /predict {"rows": [...]}),
-- bare: bench/bare_onnx_app.py on the .onnx exported beside it (~60 lines: ONNX Runtime, the same preprocessing
-  state applied with numpy, the same request and response shapes; no validation, limits or metrics),
-- mlflow: `mlflow models serve -m <registered model> --env-manager local` (POST /invocations
+The servers, each one process on a loopback port:
+- torchyard: `python -m serving --model <the .pth>` with its defaults (POST /predict {"rows": [...]}, {"texts":
+  [...]} or {"images": [base64, ...]}),
+- torchyard-nobatch: the same with micro-batching off (--batch-max-rows 0), for the on/off comparison,
+- bare: bench/bare_onnx_app.py on the .onnx exported beside it (ONNX Runtime, the preprocessing state from the
+  .onnx's metadata: for tables applied with numpy, for texts and images torchyard's own tokenizer and image pipeline
+  called directly; the same request and response shapes; no validation, limits, metrics or batching),
+- mlflow (tables): `mlflow models serve -m <registered model> --env-manager local` (POST /invocations
   {"dataframe_records": [...]}; the registered pyfunc runs the Predictor).
-A second process drives each (an asyncio httpx client, --concurrency requests in flight) for --seconds per scenario
-(1 row and 64 rows per request); --repeats interleaved repetitions (server order rotated each round), medians
-reported. Before timing, the three must give the same predictions for the same rows. Prints requests/s, rows/s,
-p50/p99 latency and the ratios torchyard/bare and torchyard/mlflow (target: >= 0.9 and >= 3), of the medians and
-paired (the median of each repetition's ratio). Compare ratios, not seconds: the machine is shared and noisy, and
-the client runs on the same cores.
+A second process drives each (--client raw: keep-alive connections writing HTTP/1.1 by hand, a few microseconds per
+request; --client httpx: an httpx AsyncClient, what runs before this used, whose own CPU use grows with the
+connections and on 2 cores is taken from the server), --concurrency requests in flight, for --seconds per scenario
+(tables: 1 and 64 rows per request; texts and images: 1 and 16); --repeats interleaved repetitions (server order
+rotated each round), medians reported. Then micro-batching on and off at 1 input per request with
+--batching-concurrency requests in flight. Before timing, the servers must give the same predictions for the same
+inputs. Prints requests/s, inputs/s (rows, texts, images), p50/p99 latency and the ratios torchyard/bare and
+torchyard/mlflow (target: >= 0.9 and >= 3), torchyard/torchyard-nobatch, of the medians and paired (the median of
+each repetition's ratio). Compare ratios, not seconds: the machine is shared and noisy, and the client runs on the
+same cores.
 """
 import argparse
 import asyncio
@@ -44,35 +53,100 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-async def _drive(url: str, body: bytes, seconds: float, concurrency: int) -> dict:
-    import httpx
-
+async def _drive(url: str, body: bytes, seconds: float, concurrency: int, client: str = "raw") -> dict:
+    """`concurrency` keep-alive connections, each posting `body` again as soon as its answer is in, for `seconds`."""
     latencies, errors = [], 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        async def worker():
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.post(url, content=body, headers={"content-type": "application/json"})
-                latencies.append(time.perf_counter() - started)
-                errors += response.status_code != 200
+    if client == "httpx":
+        import httpx
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as session:
+            async def post() -> int:
+                return (await session.post(url, content=body, headers={"content-type": "application/json"})).status_code
+
+            started = time.perf_counter()
+            errors = await _workers(post, concurrency, deadline, latencies)
+            elapsed = time.perf_counter() - started
+    else:
+        connections = [await _RawConnection.open(url, body) for _ in range(concurrency)]
+        try:
+            posts = iter([c.post for c in connections])
+            started = time.perf_counter()
+            errors = await _workers(lambda: None, concurrency, deadline, latencies, posts)
+            elapsed = time.perf_counter() - started
+        finally:
+            for connection in connections:
+                connection.close()
     p50, p99 = _percentiles(latencies)
     return {"requests": len(latencies), "errors": errors, "seconds": elapsed, "p50_ms": p50, "p99_ms": p99}
 
 
-def _train(directory: Path) -> tuple[Path, str, str]:
-    """A wine model trained and registered in a fresh MLflow store: (model file, registered URI, tracking URI)."""
-    model_fn = directory / "wine.pth"
+async def _workers(post, concurrency: int, deadline: float, latencies: list, own=None) -> int:
+    """`concurrency` loops of requests (each its own `post` from `own`, else the shared one) until the deadline;
+    the number of answers that were not 200."""
+    errors = 0
+
+    async def worker(post):
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            status = await post()
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+
+    await asyncio.gather(*(worker(next(own) if own else post) for _ in range(concurrency)))
+    return errors
+
+
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection that posts the same JSON body again and again: a few microseconds of
+    client work per request (httpx's pool costs ~1 ms of CPU per request, which on 2 shared cores is taken from
+    the server being measured, and more with many connections)."""
+
+    @classmethod
+    async def open(cls, url: str, body: bytes) -> "_RawConnection":
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self = cls()
+        self.reader, self.writer = await asyncio.open_connection(parts.hostname, parts.port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        return self
+
+    async def post(self) -> int:
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")),
+                      None)
+        if length is None:  # chunked (neither uvicorn nor the servers measured here answer so)
+            raise RuntimeError("a response without Content-Length")
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+TRAIN_ARGS = {  # train.py arguments per kind: small, quick models (accuracy is not what is measured)
+    "tabular": ["--n_epochs", "5"],
+    "text": ["--config", "configs/reviews.yaml", "--n_epochs", "2"],
+    "image": ["--config", "configs/digits.yaml", "--n_epochs", "2"],
+}
+
+
+def _train(directory: Path, kind: str = "tabular") -> tuple[Path, str, str]:
+    """A model of `kind` (a wine MLP, a reviews text model, a digits CNN) trained and registered in the MLflow store
+    in `directory`: (model file, registered URI, tracking URI)."""
+    model_fn = directory / f"{kind}.pth"
     tracking = f"sqlite:///{directory / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PREFECT_HOME": str(directory / "prefect"),
            "TORCHYARD_WORK_DIR": str(directory / "work")}
-    done = subprocess.run([sys.executable, "train.py", "--model_fn", str(model_fn), "--n_epochs", "5", "--gpu_id",
+    done = subprocess.run([sys.executable, "train.py", *TRAIN_ARGS[kind], "--model_fn", str(model_fn), "--gpu_id",
                            "-1"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     registered = re.search(r"^registered: (models:/\S+)", done.stdout, re.M)
     if not registered:
@@ -123,17 +197,44 @@ class Server:
         self.log.close()
 
 
-def _bodies(rows, batch: int) -> dict[str, bytes]:
-    records = json.loads(rows.iloc[:batch].to_json(orient="records"))
-    return {"torchyard": json.dumps({"rows": records}).encode(), "bare": json.dumps({"rows": records}).encode(),
-            "mlflow": json.dumps({"dataframe_records": records}).encode()}
+def _inputs(kind: str):
+    """What the requests of `kind` hold: wine rows, review texts, digit images (PNG files, base64)."""
+    if kind == "tabular":
+        from preprocessing.sources import load_sample
+
+        return json.loads(load_sample("wine").drop(columns="target").to_json(orient="records"))
+    if kind == "text":
+        from preprocessing.samples import reviews
+
+        return reviews(n=256, seed=1)["text"].tolist()
+    import base64
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    encoded = []
+    for pixels in load_digits().images[:256]:
+        buffer = io.BytesIO()
+        Image.fromarray((pixels * 15.9).astype(np.uint8), mode="L").save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    return encoded
 
 
-def _same_answers(servers: dict, rows) -> None:
-    """The three servers predict the same classes and probabilities for the same 64 rows (or the bench stops)."""
+def _bodies(kind: str, inputs: list, batch: int, offset: int = 0) -> dict[str, bytes]:
+    """The request body of `batch` inputs per server (torchyard's /predict shape; MLflow's dataframe_records)."""
+    chosen = [inputs[(offset + i) % len(inputs)] for i in range(batch)]
+    key = {"tabular": "rows", "text": "texts", "image": "images"}[kind]
+    ours = json.dumps({key: chosen}).encode()
+    return {name: (json.dumps({"dataframe_records": chosen}).encode() if name == "mlflow" else ours)
+            for name in (*SERVERS, *SERVER_BODY)}
+
+
+def _same_answers(servers: dict, kind: str, inputs: list) -> None:
+    """The servers predict the same classes and probabilities for the same 16 inputs (or the bench stops)."""
     import httpx
 
-    bodies, answers = _bodies(rows, 64), {}
+    bodies, answers = _bodies(kind, inputs, 16), {}
     for name, server in servers.items():
         response = httpx.post(server.predict, content=bodies[name], headers={"content-type": "application/json"},
                               timeout=60)
@@ -148,7 +249,55 @@ def _same_answers(servers: dict, rows) -> None:
         labels = [a[0] for a in answer] == [r[0] for r in reference]
         close = np.allclose([a[1] for a in answer], [r[1] for r in reference], rtol=0, atol=1e-6)
         if not (labels and close):
-            raise SystemExit(f"{name} answers differently from {next(iter(answers))} on the same rows")
+            raise SystemExit(f"{name} answers differently from {next(iter(answers))} on the same {kind} inputs")
+
+
+UNITS = {"tabular": "rows", "text": "texts", "image": "images"}
+
+
+def _scenario(title: str, kind: str, servers: dict, inputs: list, batch: int, concurrency: int, args, work: Path,
+              ratios: list[tuple[str, str, str]]) -> dict:
+    """Drive each of `servers` with `concurrency` requests of `batch` inputs in flight, --repeats interleaved rounds;
+    print the table and the ratios (a, b, target) of the medians and paired."""
+    python, bodies = sys.executable, _bodies(kind, inputs, batch)
+    results = {name: [] for name in servers}
+    for repeat in range(args.repeats):
+        order = list(servers)[repeat % len(servers):] + list(servers)[:repeat % len(servers)]
+        for name in order:
+            body = work / f"{kind}-{name}-{batch}.json"
+            body.write_bytes(bodies[name])
+            done = subprocess.run([python, __file__, "--concurrency", str(concurrency), "--client", args.client,
+                                   "--drive",
+                                   servers[name].predict, str(body), str(args.seconds)],
+                                  capture_output=True, text=True, check=True)
+            results[name].append(json.loads(done.stdout))
+    unit = UNITS[kind]
+    print(f"\n{title}: {batch} {unit[:-1] if batch == 1 else unit} per request, {concurrency} requests in flight")
+    print(f"  {'server':<20}{'req/s':>9}{unit + '/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   runs (req/s)")
+    rate = {}
+    for name, runs in results.items():
+        rates = [r["requests"] / r["seconds"] for r in runs]
+        rate[name] = statistics.median(rates)
+        p50 = statistics.median(r["p50_ms"] for r in runs)
+        p99 = statistics.median(r["p99_ms"] for r in runs)
+        errors = sum(r["errors"] for r in runs)
+        print(f"  {name:<20}{rate[name]:>9.0f}{rate[name] * batch:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}   "
+              + " ".join(f"{r:.0f}" for r in rates))
+    said = []
+    for a, b, target in ratios:
+        if a in rate and b in rate:
+            # each repetition's servers ran back to back: the median of the per-repetition ratios is less
+            # sensitive to the machine's load changing between repetitions than the ratio of the medians
+            paired = statistics.median(x["requests"] / x["seconds"] / (y["requests"] / y["seconds"])
+                                       for x, y in zip(results[a], results[b]))
+            said.append(f"{a}/{b} {rate[a] / rate[b]:.2f}x (paired {paired:.2f}x)" + (f" (target: {target})"
+                                                                                        if target else ""))
+    if said:
+        print("  " + ", ".join(said), flush=True)
+    return results
+
+
+SERVER_BODY = {"torchyard-nobatch": "torchyard"}  # servers that take another server's request body
 
 
 def main(argv=None) -> int:
@@ -156,93 +305,92 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a tabular .pth model file with its .onnx beside it (default: train one)")
     parser.add_argument("--registered", help="the same model in the MLflow registry (models:/<name>/<version>)")
     parser.add_argument("--tracking-uri", help="the MLflow store --registered is in")
+    parser.add_argument("--text-model", help="a text .pth model file with its .onnx beside it (default: train one)")
+    parser.add_argument("--image-model", help="an image .pth model file with its .onnx beside it (default: train one)")
+    parser.add_argument("--kinds", nargs="+", default=list(UNITS), choices=list(UNITS), help="what to measure")
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario, server and repetition")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; medians are reported")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="rows per request, per scenario")
+    parser.add_argument("--media-batches", type=int, nargs="+", default=[1, 16],
+                        help="texts or images per request, per scenario")
+    parser.add_argument("--batching-concurrency", type=int, default=64, help="requests in flight when micro-batching "
+                        "on (the server's defaults) and off (--batch-max-rows 0) are compared, at 1 input per "
+                        "request (0: not compared)")
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--serving-args", default="", help="extra arguments of python -m serving (e.g. "
                         "'--workers 2')")
     parser.add_argument("--serving-root", help="run torchyard's `python -m serving` from this folder instead (a copy "
                         "of an earlier serving/ and serve.py, e.g. from `git archive`, to measure before and after)")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="the load generator: keep-alive "
+                        "connections writing HTTP/1.1 by hand (a few microseconds per request), or an httpx "
+                        "AsyncClient (what earlier runs used; its own CPU use, taken from the servers on a small "
+                        "machine, grows with the connections)")
     parser.add_argument("--drive", nargs=3, metavar=("URL", "BODY_FILE", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:  # the load-generating second process
         url, body_file, seconds = args.drive
-        print(json.dumps(asyncio.run(_drive(url, Path(body_file).read_bytes(), float(seconds), args.concurrency))))
+        print(json.dumps(asyncio.run(_drive(url, Path(body_file).read_bytes(), float(seconds), args.concurrency,
+                                            args.client))))
         return 0
 
-    from preprocessing.sources import load_sample
-
     work = Path(tempfile.mkdtemp(prefix="torchyard-bench-serving-"))
-    if args.model:
-        model_fn, registered, tracking = Path(args.model).resolve(), args.registered, args.tracking_uri
-        if "mlflow" in args.servers and not (registered and tracking):
-            parser.error("--model with the mlflow server needs --registered and --tracking-uri")
-    else:
-        print("training and registering a wine model ...", flush=True)
-        model_fn, registered, tracking = _train(work)
-    rows = load_sample("wine").drop(columns="target")
+    given = {"tabular": args.model, "text": args.text_model, "image": args.image_model}
+    if args.model and "mlflow" in args.servers and "tabular" in args.kinds and not (args.registered
+                                                                                     and args.tracking_uri):
+        parser.error("--model with the mlflow server needs --registered and --tracking-uri")
     python = sys.executable
     path = os.pathsep.join([os.path.dirname(python), os.environ.get("PATH", "")])  # mlflow starts `uvicorn`
-    commands = {
-        "torchyard": ([python, "-m", "serving", "--model", str(model_fn), "--port", "{port}",
-                       *args.serving_args.split()], "/health", "/predict", {}),
-        "bare": ([python, "-m", "uvicorn", "bench.bare_onnx_app:app", "--port", "{port}", "--no-access-log",
-                  "--log-level", "warning"], "/health", "/predict", {"TORCHYARD_ONNX": str(model_fn.with_suffix(".onnx"))}),
-        "mlflow": ([python, "-m", "mlflow", "models", "serve", "-m", str(registered), "--env-manager", "local",
-                    "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"], "/ping", "/invocations",
-                   {"MLFLOW_TRACKING_URI": str(tracking), "PATH": path, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}),
-    }
-    servers = {}
-    try:
-        for name in args.servers:
-            command, health, predict, env = commands[name]
-            cwd = Path(args.serving_root) if name == "torchyard" and args.serving_root else ROOT
-            servers[name] = Server(name, command, health, predict, work / f"{name}.log", env, cwd)
-        for server in servers.values():
-            server.wait()
-        _same_answers(servers, rows)
-        if args.serving_root:
-            print(f"torchyard's server from {args.serving_root}")
-        print(f"model {model_fn.name} ({registered or 'not registered'}); {args.seconds:.0f} s per scenario and "
-              f"server, {args.concurrency} requests in flight, medians of {args.repeats} interleaved repetitions; "
-              f"{os.cpu_count()} cores shared by the servers and the client", flush=True)
-        for batch in args.batches:
-            bodies = _bodies(rows, batch)
-            results = {name: [] for name in servers}
-            for repeat in range(args.repeats):
-                order = list(servers)[repeat % len(servers):] + list(servers)[:repeat % len(servers)]
-                for name in order:
-                    body = work / f"{name}-{batch}.json"
-                    body.write_bytes(bodies[name])
-                    done = subprocess.run([python, __file__, "--concurrency", str(args.concurrency), "--drive",
-                                           servers[name].predict, str(body), str(args.seconds)],
-                                          capture_output=True, text=True, check=True)
-                    results[name].append(json.loads(done.stdout))
-            print(f"\n{batch} row(s) per request")
-            print(f"  {'server':<12}{'req/s':>9}{'rows/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   runs (req/s)")
-            rate = {}
-            for name, runs in results.items():
-                rates = [r["requests"] / r["seconds"] for r in runs]
-                rate[name] = statistics.median(rates)
-                p50 = statistics.median(r["p50_ms"] for r in runs)
-                p99 = statistics.median(r["p99_ms"] for r in runs)
-                errors = sum(r["errors"] for r in runs)
-                print(f"  {name:<12}{rate[name]:>9.0f}{rate[name] * batch:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}   "
-                      + " ".join(f"{r:.0f}" for r in rates))
-            ratios = []
-            for other in ("bare", "mlflow"):
-                if other in rate and "torchyard" in rate:
-                    # each repetition's servers ran back to back: the median of the per-repetition ratios is less
-                    # sensitive to the machine's load changing between repetitions than the ratio of the medians
-                    paired = statistics.median(a["requests"] / a["seconds"] / (b["requests"] / b["seconds"])
-                                               for a, b in zip(results["torchyard"], results[other]))
-                    ratios.append(f"torchyard/{other} {rate['torchyard'] / rate[other]:.2f}x (paired {paired:.2f}x)")
-            print("  " + ", ".join(ratios) + "   (target: >= 0.9x bare, >= 3x mlflow)", flush=True)
-    finally:
-        for server in servers.values():
-            server.stop()
+    if args.serving_root:
+        print(f"torchyard's server from {args.serving_root}")
+    print(f"{args.seconds:.0f} s per scenario and server, medians of {args.repeats} interleaved repetitions; "
+          f"{os.cpu_count()} cores shared by the servers and the client", flush=True)
+    for kind in args.kinds:
+        registered, tracking = (args.registered, args.tracking_uri) if kind == "tabular" else (None, None)
+        if given[kind]:
+            model_fn = Path(given[kind]).resolve()
+        else:
+            print(f"\ntraining and registering a {kind} model ...", flush=True)
+            model_fn, registered, tracking = _train(work, kind)
+        names = [n for n in args.servers if n != "mlflow" or kind == "tabular"]
+        if args.batching_concurrency and "torchyard" in names:
+            names.insert(names.index("torchyard") + 1, "torchyard-nobatch")
+        serving = [python, "-m", "serving", "--model", str(model_fn), "--port", "{port}", *args.serving_args.split()]
+        commands = {
+            "torchyard": (serving, "/health", "/predict", {}),
+            "torchyard-nobatch": (serving + ["--batch-max-rows", "0"], "/health", "/predict", {}),
+            "bare": ([python, "-m", "uvicorn", "bench.bare_onnx_app:app", "--port", "{port}", "--no-access-log",
+                      "--log-level", "warning"], "/health", "/predict",
+                     {"TORCHYARD_ONNX": str(model_fn.with_suffix(".onnx"))}),
+            "mlflow": ([python, "-m", "mlflow", "models", "serve", "-m", str(registered), "--env-manager", "local",
+                        "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"], "/ping", "/invocations",
+                       {"MLFLOW_TRACKING_URI": str(tracking), "PATH": path,
+                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}),
+        }
+        if "mlflow" in names and not registered:
+            names.remove("mlflow")
+        inputs = _inputs(kind)
+        servers = {}
+        try:
+            for name in names:
+                command, health, predict, env = commands[name]
+                cwd = Path(args.serving_root) if name.startswith("torchyard") and args.serving_root else ROOT
+                servers[name] = Server(name, command, health, predict, work / f"{kind}-{name}.log", env, cwd)
+            for server in servers.values():
+                server.wait()
+            _same_answers(servers, kind, inputs)
+            print(f"\n== {kind}: model {model_fn.name} ({registered or 'not registered'})", flush=True)
+            compared = {n: s for n, s in servers.items() if n != "torchyard-nobatch"}
+            for batch in (args.batches if kind == "tabular" else args.media_batches):
+                _scenario(kind, kind, compared, inputs, batch, args.concurrency, args, work,
+                          [("torchyard", "bare", ">= 0.9x"), ("torchyard", "mlflow", ">= 3x")])
+            if "torchyard-nobatch" in servers:
+                _scenario(f"{kind}, micro-batching on (default settings) and off (--batch-max-rows 0)", kind,
+                          {n: servers[n] for n in ("torchyard", "torchyard-nobatch")}, inputs, 1,
+                          args.batching_concurrency, args, work, [("torchyard", "torchyard-nobatch", "")])
+        finally:
+            for server in servers.values():
+                server.stop()
     return 0
 
 

@@ -23,6 +23,13 @@ Tabular /predict takes the fast path first (serving/compiled.py: the rows valida
 compiled to numpy, no pandas, orjson); any request it does not take (invalid, or unusual) goes through the pydantic
 request model and the Predictor, which answer exactly as before: the two paths give the same predictions and the
 same errors.
+
+Micro-batching (serving/microbatch.py, --batch-max-rows, --batch-wait-ms): each prediction request is checked on its
+own, then joined with the requests waiting at that moment into one model call (one ONNX Runtime call on the tabular
+fast path, one Predictor.predict for texts, one predict_images for images); each gets exactly its own rows back, and
+a request whose part of the joined call fails (an output that is not finite, a file that does not decode) gets the
+answer it would get alone. /predict and /invocations of one model share its batcher. With the defaults nothing
+waits: requests that arrive while a call runs are joined into the next one.
 """
 import base64
 import binascii
@@ -48,12 +55,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from preprocessing.errors import TorchyardError
 from serving.compiled import CompiledTable
 from serving.inference import Predictor, load_checked
+from serving.microbatch import MicroBatcher, joined
 from serving import multipart, scoring
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.registry import ModelRef, Registry, current_version, registry_uri, resolve
 
 log = logging.getLogger("torchyard.serving")
 MAX_ERRORS = 20  # validation errors listed in one response; the rest are counted
+BATCH_MAX_ROWS = 64  # micro-batching's defaults (python -m serving --batch-max-rows, --batch-wait-ms)
+BATCH_WAIT_MS = 0.0
+ONNX_THREADS = 1  # python -m serving --onnx-threads
+INLINE_BATCH_ROWS = 64  # a tabular batch of at most this many rows runs on the event loop (with inline_bytes > 0)
 
 
 class ServeSettings(BaseModel):
@@ -78,6 +90,14 @@ class ServeSettings(BaseModel):
     inline_bytes: int = Field(16384, ge=0, description="Tabular /predict bodies up to this size are answered on the "
                               "event loop by the fast path (cheaper than a thread hop); larger ones, and every other "
                               "request's work, on worker threads (0: always on a thread).")
+    batch_max_rows: int = Field(BATCH_MAX_ROWS, ge=0, description="Micro-batching (serving/microbatch.py): most rows, "
+                                "texts or images that concurrent prediction requests join into one model call; a "
+                                "request with as many or more is not batched (0: no micro-batching).")
+    onnx_threads: int = Field(ONNX_THREADS, ge=0, description="ONNX Runtime's intra-op threads per model (0: its "
+                              "default, one per core); the server's parallelism is its requests and --workers.")
+    batch_wait_ms: float = Field(BATCH_WAIT_MS, ge=0, le=1000, description="Micro-batching: milliseconds the first "
+                                 "request waits for others when the model is idle (requests that arrive while a "
+                                 "batch runs are joined without waiting; 0: no waiting).")
 
 
 class TooLarge(TorchyardError):
@@ -113,6 +133,7 @@ class Loaded:
     ref: ModelRef
     schema: dict
     _compiled: CompiledTable | None = None
+    _batcher: MicroBatcher | None = None
 
     @property
     def compiled(self) -> CompiledTable:
@@ -122,11 +143,13 @@ class Loaded:
         return self._compiled
 
 
-def load(reference: str, registry: Registry | None = None) -> Loaded:
-    """The model at `reference`; registry references need `registry` (python -m serving passes MLflow's)."""
+def load(reference: str, registry: Registry | None = None, threads: int = ONNX_THREADS) -> Loaded:
+    """The model at `reference`; registry references need `registry` (python -m serving passes MLflow's). `threads`:
+    ONNX Runtime's intra-op threads (ServeSettings.onnx_threads)."""
     bundle, ref = resolve(reference, registry)
     source = reference if registry_uri(reference) is None else f"{ref.uri} (version {ref.version})"
-    predictor = load_checked(bundle, source)  # everything checked, one prediction made, before it is served
+    # everything checked, one prediction made, before it is served; ONNX Runtime's threads do not spin when idle
+    predictor = load_checked(bundle, source, threads=threads, spinning=False)
     return Loaded(predictor, ref, predictor.kind.input_schema(predictor.transform))
 
 
@@ -182,6 +205,20 @@ class _State:
         self.metrics = ServingMetrics()
         self._record_model()
 
+    def batcher(self, current: Loaded) -> MicroBatcher | None:
+        """The micro-batcher of `current` (each loaded model has its own: requests of a model being replaced by a
+        reload are never joined with the new one's), or None when micro-batching is off."""
+        if not self.settings.batch_max_rows:
+            return None
+        if current._batcher is None:
+            inline = None
+            if current.schema["kind"] == "rows" and self.settings.inline_bytes:  # tiny ONNX Runtime calls
+                inline = lambda rows: rows <= INLINE_BATCH_ROWS  # noqa: E731
+            current._batcher = MicroBatcher(BATCH_RUNS[current.schema["kind"]](current),
+                                            self.settings.batch_wait_ms / 1000, self.settings.batch_max_rows,
+                                            observe=self.metrics.batched, inline=inline)
+        return current._batcher
+
     def _record_model(self) -> None:
         ref = self.current.ref
         self.metrics.serving(ref.name, ref.version, ref.alias, self.current.predictor.data_type)
@@ -202,7 +239,7 @@ class _State:
         with self.lock:
             previous = self.current
             try:
-                fresh = load(self.settings.model, self.registry)
+                fresh = load(self.settings.model, self.registry, self.settings.onnx_threads)
             except TorchyardError as exc:  # a model that fails its check never replaces the served one
                 raise ReloadRefused(f"not reloaded, still serving version {previous.ref.version or 'from the file'}"
                                     f" as loaded before: {exc}") from None
@@ -226,7 +263,7 @@ class ReloadRefused(TorchyardError):
 
 
 def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: Registry | None = None) -> FastAPI:
-    loaded = loaded or load(settings.model, registry)
+    loaded = loaded or load(settings.model, registry, settings.onnx_threads)
     state = _State(settings, loaded, registry)
     app = FastAPI(title="torchyard model server", version="1",
                   description=f"Serves {loaded.ref.uri} ({loaded.predictor.data_type}, "
@@ -279,7 +316,16 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
         current = state.current
         raw = await request.body()
         content_type = request.headers.get("content-type")
-        response = await _inline_or_threaded(settings, raw, _fast_invoke, state, current, raw, content_type)
+        batcher = state.batcher(current)
+        if batcher is None:
+            response = await _inline_or_threaded(settings, raw, _fast_invoke, state, current, raw, content_type)
+        elif current.schema["kind"] == "rows":
+            try:
+                response = await _fast_batched(state, batcher, current, raw, content_type, "scoring", _records)
+            except TorchyardError:  # _invoke answers it in MLflow's error shape
+                response = None
+        else:
+            return await _invoke_batched(state, batcher, current, raw, content_type)
         if response is None:
             response = await run_in_threadpool(_invoke, state, current, raw, content_type)
         return response
@@ -300,12 +346,13 @@ def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: di
         state.metrics.observe_features(frame, current.predictor.transform.state.get("numeric", []))
         return _respond(current, table, state.metrics)
 
-    def fast(current: Loaded, raw: bytes, content_type: str | None) -> Response | None:
-        outputs = _fast(state, current, raw, content_type, "rows")
-        if outputs is None:
-            return None
+    def render(current: Loaded, outputs: np.ndarray) -> Response:
         return OrjsonResponse({"predictions": current.compiled.predictions(outputs),
                                "model": {"name": current.ref.name, "version": current.ref.version}})
+
+    def fast(current: Loaded, raw: bytes, content_type: str | None) -> Response | None:
+        outputs = _fast(state, current, raw, content_type, "rows")
+        return None if outputs is None else render(current, outputs)
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(request_model))
     async def predict_rows(request: Request) -> Response:
@@ -313,7 +360,11 @@ def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: di
         current = state.current
         raw = await request.body()  # bounded by BodyLimit
         content_type = request.headers.get("content-type")
-        response = await _inline_or_threaded(settings, raw, fast, current, raw, content_type)
+        batcher = state.batcher(current)
+        if batcher is None:
+            response = await _inline_or_threaded(settings, raw, fast, current, raw, content_type)
+        else:
+            response = await _fast_batched(state, batcher, current, raw, content_type, "rows", render)
         if response is None:
             response = await run_in_threadpool(predict, current, raw, content_type)
         return response
@@ -330,6 +381,56 @@ async def _inline_or_threaded(settings: ServeSettings, raw: bytes, function, *ar
 def _fast(state: "_State", current: Loaded, raw: bytes, content_type: str | None, route: str) -> np.ndarray | None:
     """The model's outputs for a tabular /predict (`route` "rows") or /invocations ("scoring") body taken by the
     fast path (serving/compiled.py), metrics counted; None for a request it leaves to the Predictor path."""
+    made = _fast_features(state, current, raw, content_type, route)
+    if made is None:
+        return None
+    features, raw_numbers = made
+    outputs = current.compiled.outputs(features)
+    if outputs is None:
+        return None
+    _fast_counted(state, current, outputs, raw_numbers)
+    return outputs
+
+
+def _fast_counted(state: "_State", current: Loaded, outputs: np.ndarray, raw_numbers: np.ndarray) -> None:
+    state.metrics.predicted(current.ref.name, current.ref.version, len(outputs))
+    state.metrics.observe_counts(*current.compiled.out_of_range(raw_numbers))
+
+
+async def _fast_batched(state: "_State", batcher: MicroBatcher, current: Loaded, raw: bytes, content_type: str | None,
+                        route: str, render) -> Response | None:
+    """The fast path with micro-batching: the request's rows checked and made into features on their own (inline or
+    on a thread, as without batching), the ONNX Runtime call joined with the concurrent requests', the response
+    rendered; None for a request the fast path leaves to the Predictor path (invalid, or an output that is not
+    finite: that request alone goes there)."""
+    settings = state.settings
+    made = await _inline_or_threaded(settings, raw, _fast_features, state, current, raw, content_type, route)
+    if made is None:
+        return None
+    features, raw_numbers = made
+    if batcher.takes(len(features)):
+        outputs = await batcher.submit(features, len(features))
+    else:
+        outputs = await _inline_or_threaded(settings, raw, current.compiled.outputs, features)
+    if outputs is None:
+        return None
+    return await _inline_or_threaded(settings, raw, _fast_rendered, state, current, outputs, raw_numbers, render)
+
+
+def _fast_rendered(state: "_State", current: Loaded, outputs: np.ndarray, raw_numbers: np.ndarray,
+                   render) -> Response:
+    _fast_counted(state, current, outputs, raw_numbers)
+    return render(current, outputs)
+
+
+def _records(current: Loaded, outputs: np.ndarray) -> Response:
+    """An /invocations response of the fast path (MLflow's shape)."""
+    return OrjsonResponse({"predictions": current.compiled.records(outputs)})
+
+
+def _fast_features(state: "_State", current: Loaded, raw: bytes, content_type: str | None,
+                   route: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fast path's features of a request (and its raw numbers, for the skew gauge), or None."""
     if current.schema["kind"] != "rows" or (content_type not in (None, "application/json")
                                              and not _is_json(content_type)):
         return None
@@ -348,22 +449,16 @@ def _fast(state: "_State", current: Loaded, raw: bytes, content_type: str | None
             return None  # scoring.parse answers 413 in its words
     if columns is None:
         return None
-    made = compiled.features(columns)
-    if made is None:
-        return None
-    features, raw_numbers = made
-    outputs = compiled.outputs(features)
-    if outputs is None:
-        return None
-    state.metrics.predicted(current.ref.name, current.ref.version, len(outputs))
-    state.metrics.observe_counts(*compiled.out_of_range(raw_numbers))
-    return outputs
+    return compiled.features(columns)
 
 
 def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
-    def predict(current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
+    def texts(current: Loaded, raw: bytes, content_type: str | None) -> pd.DataFrame:
         body = _validated(raw, content_type, TextRequest, "texts", settings)
-        frame = pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
+        return pd.DataFrame({current.schema["text_column"]: pd.Series(body.texts, dtype=object)})
+
+    def predict(current: Loaded, raw: bytes, content_type: str | None) -> JSONResponse:
+        frame = texts(current, raw, content_type)
         return _respond(current, current.predictor.predict(frame, "the request"), state.metrics)
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(TextRequest))
@@ -371,7 +466,16 @@ def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: d
         _authorize(request, settings)
         current = state.current
         raw = await request.body()
-        return await run_in_threadpool(predict, current, raw, request.headers.get("content-type"))
+        content_type = request.headers.get("content-type")
+        batcher = state.batcher(current)
+        if batcher is None:
+            return await run_in_threadpool(predict, current, raw, content_type)
+        frame = await run_in_threadpool(texts, current, raw, content_type)  # validated on its own first
+        if batcher.takes(len(frame)):
+            table = await batcher.submit(frame, len(frame), key=_text_key(frame, current))
+        else:
+            table = await run_in_threadpool(current.predictor.predict, frame, "the request")
+        return await run_in_threadpool(_respond, current, table, state.metrics)
 
 
 def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: dict) -> None:
@@ -383,12 +487,71 @@ def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: 
     async def predict_images(request: Request) -> JSONResponse:
         _authorize(request, settings)
         current = state.current
-        names, files = await _read_images(request, settings)
-        return await run_in_threadpool(predict, current, names, files)
+        names, files = await _read_images(request, settings)  # checked on their own first
+        batcher = state.batcher(current)
+        if batcher is None or not batcher.takes(len(files)):
+            return await run_in_threadpool(predict, current, names, files)
+        table = await batcher.submit((names, files), len(files))
+        return await run_in_threadpool(_respond, current, table.drop(columns="path"), state.metrics)
 
 
 # /predict by what a request holds (a kind's input_schema()["kind"]): rows, texts or images
 ROUTES = {"rows": _rows_route, "texts": _texts_route, "images": _images_route}
+
+
+# ---------------------------------------------------------------- micro-batching (serving/microbatch.py)
+
+def _rows_batch(current: Loaded):
+    """The joined call of tabular fast-path requests: their features (checked per request) in one ONNX Runtime call;
+    a request whose outputs are not all finite gets None (the Predictor path then names its rows)."""
+    predictor = current.predictor
+
+    def run(items: list[np.ndarray]) -> list:
+        return joined(items, [len(x) for x in items],
+                      lambda xs: predictor.outputs(xs[0] if len(xs) == 1 else np.concatenate(xs)),
+                      lambda out, start, stop: out[start:stop],
+                      lambda part: part if np.isfinite(part).all() else None)
+
+    return run
+
+
+def _texts_batch(current: Loaded):
+    """Texts (one-column DataFrames) in one Predictor.predict: tokenized together, one ONNX Runtime call per
+    predict_rows. The model masks padding, so a text's answer does not depend on the others (to float rounding)."""
+    predictor = current.predictor
+
+    def run(items: list[pd.DataFrame]) -> list:
+        return joined(items, [len(f) for f in items],
+                      lambda frames: predictor.predict(frames[0] if len(frames) == 1
+                                                       else pd.concat(frames, ignore_index=True), "the request"),
+                      _rows_of)
+
+    return run
+
+
+def _images_batch(current: Loaded):
+    """Image files ((names, files) per request) in one predict_images."""
+    predictor = current.predictor
+
+    def run(items: list[tuple[list[str], list[bytes]]]) -> list:
+        return joined(items, [len(files) for _, files in items],
+                      lambda parts: predictor.predict_images([f for _, files in parts for f in files],
+                                                             names=[n for names, _ in parts for n in names]),
+                      _rows_of)
+
+    return run
+
+
+def _rows_of(table: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    return table.iloc[start:stop]
+
+
+def _text_key(frame: pd.DataFrame, current: Loaded) -> str:
+    """Texts are joined only with texts of the same column dtype (object, str...), which a join keeps."""
+    return str(frame[current.schema["text_column"]].dtype)
+
+
+BATCH_RUNS = {"rows": _rows_batch, "texts": _texts_batch, "images": _images_batch}
 
 
 def _check_batch(size: int, settings: ServeSettings) -> None:
@@ -512,20 +675,72 @@ def _invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None
     try:
         frame = scoring.parse(raw, content_type, current.schema, state.settings.max_batch)
         if current.schema["kind"] == "images":
-            names, files = scoring.image_files(frame)
-            _check_images(names, files, state.settings)
+            names, files = _scoring_images(state, frame)
             table = current.predictor.predict_images(files, names=names)
         else:
             table = current.predictor.predict(frame, "the request")
             state.metrics.observe_features(frame, current.predictor.transform.state.get("numeric", []))
-    except scoring.TooManyRows as exc:
+    except SCORING_ERRORS as exc:
+        return _scoring_error(exc)
+    return _scoring_answer(state, current, table)
+
+
+def _scoring_images(state: _State, frame: pd.DataFrame) -> tuple[list[str], list[bytes]]:
+    names, files = scoring.image_files(frame)
+    _check_images(names, files, state.settings)
+    return names, files
+
+
+SCORING_ERRORS = (TorchyardError, ValueError, TypeError, KeyError)  # a frame of any shape can be sent
+
+
+def _scoring_error(exc: Exception) -> Response:
+    """MLflow's 400 for a bad /invocations request; TooLarge (413) raised on to its handler."""
+    if isinstance(exc, scoring.TooManyRows):
         raise TooLarge(str(exc)) from None
-    except TooLarge:
-        raise
-    except (TorchyardError, ValueError, TypeError, KeyError) as exc:  # a frame of any shape can be sent here
-        return JSONResponse({"error_code": "BAD_REQUEST", "message": _short(str(exc), 2000)}, status_code=400)
+    if isinstance(exc, TooLarge):
+        raise exc
+    return JSONResponse({"error_code": "BAD_REQUEST", "message": _short(str(exc), 2000)}, status_code=400)
+
+
+def _scoring_answer(state: _State, current: Loaded, table: pd.DataFrame) -> Response:
     state.metrics.predicted(current.ref.name, current.ref.version, len(table))
     return OrjsonResponse(scoring.answer(table))
+
+
+def _scoring_job(state: _State, current: Loaded, raw: bytes, content_type: str | None):
+    """An /invocations request of texts or images parsed and checked on its own, for the batcher: (item, inputs,
+    key), None for one that is not batched (texts without the text column: _invoke names the problem), or the
+    400 response. On a worker thread."""
+    try:
+        frame = scoring.parse(raw, content_type, current.schema, state.settings.max_batch)
+        if current.schema["kind"] == "images":
+            names, files = _scoring_images(state, frame)
+            return (names, files), len(files), None
+        column = current.schema["text_column"]
+        if column not in frame.columns:
+            return None
+        texts = frame[[column]]
+        return texts, len(texts), _text_key(texts, current)
+    except SCORING_ERRORS as exc:
+        return _scoring_error(exc)
+
+
+async def _invoke_batched(state: _State, batcher: MicroBatcher, current: Loaded, raw: bytes,
+                          content_type: str | None) -> Response:
+    """/invocations of texts or images with micro-batching: parsed and checked on their own, predicted joined with the
+    concurrent requests, answered as _invoke answers."""
+    job = await run_in_threadpool(_scoring_job, state, current, raw, content_type)
+    if isinstance(job, Response):
+        return job
+    if job is None or not batcher.takes(job[1]):
+        return await run_in_threadpool(_invoke, state, current, raw, content_type)
+    item, inputs, key = job
+    try:
+        table = await batcher.submit(item, inputs, key)
+    except SCORING_ERRORS as exc:
+        return _scoring_error(exc)
+    return await run_in_threadpool(_scoring_answer, state, current, table)
 
 
 def _scoring_body() -> dict:

@@ -20,8 +20,14 @@ from serving.bundle import ModelBundle, ModelFileError, load_model_file
 
 
 class Predictor:
-    def __init__(self, bundle: ModelBundle, source: str = "the model"):
-        """ModelFileError naming `source` when the preprocessing state or the ONNX graph cannot be used."""
+    def __init__(self, bundle: ModelBundle, source: str = "the model", threads: int = 0, spinning: bool = True):
+        """ModelFileError naming `source` when the preprocessing state or the ONNX graph cannot be used.
+
+        threads: ONNX Runtime's intra-op threads (0: its default, one per core). spinning=False: those threads sleep
+        when they have no work instead of spinning (busy waiting) for the next. predict.py keeps ONNX Runtime's
+        defaults; the server (serving.app.load) runs one thread per model, which does not spin: on a small or busy
+        machine a call split over threads waited for a thread to be scheduled, on the event loop, and the spinning
+        threads burned the CPU the server's Python and other processes need (see README, micro-batching)."""
         self.bundle = bundle
         self.source = source
         self.data_type = bundle.data_type
@@ -36,6 +42,10 @@ class Predictor:
             raise ModelFileError(f"{source} has an unusable preprocessing state ({missing}); train it again") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(bundle.onnx, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's InvalidGraph, InvalidProtobuf, Fail...
@@ -109,18 +119,18 @@ class Predictor:
 
     def _table(self, outputs: np.ndarray, index) -> pd.DataFrame:
         labels, probabilities = self.transform.decode_predictions(outputs)
-        result = pd.DataFrame({"prediction": labels}, index=index)
-        if probabilities is not None:
+        columns = {"prediction": labels}
+        if probabilities is not None:  # built at once: a column inserted per class cost ~1 ms each (pandas)
             for j, label in enumerate(self.classes):
-                result[f"proba_{label}"] = probabilities[:, j].astype(np.float64)
-        return result
+                columns[f"proba_{label}"] = probabilities[:, j].astype(np.float64)
+        return pd.DataFrame(columns, index=index)
 
 
-def load_checked(bundle: ModelBundle, source: str) -> Predictor:
+def load_checked(bundle: ModelBundle, source: str, threads: int = 0, spinning: bool = True) -> Predictor:
     """The Predictor of `bundle`, checked completely: what predict.py, the server's start and /reload use before a
     model replaces the one in use. ModelFileError naming `source` and what is wrong."""
     try:
-        return Predictor(bundle, source).check()
+        return Predictor(bundle, source, threads=threads, spinning=spinning).check()
     except ModelFileError:
         raise
     except TorchyardError as exc:  # e.g. a text pipeline version this torchyard cannot apply

@@ -1,7 +1,8 @@
 """Prometheus metrics of the REST API at GET /metrics (prometheus-client, the reference client library): requests by
-route, method and status, latency histograms, requests in flight, inputs predicted, the model served (name, version,
-alias as labels), reloads by outcome, and a train/serve skew gauge per numeric feature: the share of served values
-outside the training split's min/max, from the statistics stored in the model file.
+route, method and status, latency histograms, requests in flight, inputs predicted, micro-batch sizes (inputs and
+requests per joined model call), the model served (name, version, alias as labels), reloads by outcome, and a
+train/serve skew gauge per numeric feature: the share of served values outside the training split's min/max, from
+the statistics stored in the model file.
 
 Each app has its own CollectorRegistry, so several apps in one process (tests) do not share counters.
 """
@@ -30,6 +31,13 @@ class ServingMetrics:
                               ["model", "version"], registry=registry)
         self.batch = Histogram("torchyard_request_inputs", "Rows, texts or images per prediction request",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=registry)
+        self.micro_batch = Histogram("torchyard_micro_batch_inputs", "Rows, texts or images per model call made by "
+                                     "micro-batching (--batch-max-rows, --batch-wait-ms)",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=registry)
+        self.micro_batch_requests = Histogram("torchyard_micro_batch_requests", "Prediction requests joined into one "
+                                              "model call by micro-batching",
+                                              buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+                                              registry=registry)
         self.model = Gauge("torchyard_model_info", "The model being served (1 for the current one)",
                            ["model", "version", "alias", "data_type"], registry=registry)
         self.reloads = Counter("torchyard_reloads", "Reloads of the model reference, by outcome (reloaded, "
@@ -56,6 +64,11 @@ class ServingMetrics:
     def predicted(self, name: str, version: str | None, count: int) -> None:
         self.child(self.inputs, name or "", version or "").inc(count)
         self.batch.observe(count)
+
+    def batched(self, inputs: int, requests: int) -> None:
+        """One model call of the micro-batcher: `requests` requests joined, `inputs` inputs in all."""
+        self.micro_batch.observe(inputs)
+        self.micro_batch_requests.observe(requests)
 
     def observe_features(self, frame: pd.DataFrame, numeric: list[dict]) -> None:
         """Count the values of each numeric feature outside [min, max] of the training split (model files written

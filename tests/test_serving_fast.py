@@ -198,7 +198,8 @@ def test_the_fast_path_counts_metrics_like_the_predictor_path(tmp_path):
 
 def test_requests_over_the_in_flight_limit_get_503_with_retry_after(tmp_path):
     path = build(tmp_path / "m.pth", mixed(), **MIXED)
-    app = create_app(ServeSettings(model=str(path), max_in_flight=2, retry_after=3, inline_bytes=0))
+    # no micro-batching: the two held requests must each be inside their own ONNX Runtime call
+    app = create_app(ServeSettings(model=str(path), max_in_flight=2, retry_after=3, inline_bytes=0, batch_max_rows=0))
     predictor = app.state.serving.current.predictor
     release, entered = threading.Event(), threading.Semaphore(0)
     original = predictor.outputs
