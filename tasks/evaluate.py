@@ -25,10 +25,6 @@ def serving_model(prepared: Prepared, trained: Trained):
     return ServingModel(network, objective, target.mean, target.std).eval(), transform, saved
 
 
-def mlflow_run_url(run_id: str) -> str:
-    return tracking.ui_url(tracking.configure().get_run(run_id).info.experiment_id, run_id)
-
-
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict | None = None,
              primary_metric: str | None = None) -> dict:
@@ -67,7 +63,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     logger.info(f"test split: {summary}")
     compared = baseline_comparison(metrics, baseline, primary_metric, run_id, logger)
-    url = mlflow_run_url(run_id)
+    experiment_id = tracking.configure().get_run(run_id).info.experiment_id
     if baseline:
         theirs = baseline["metrics"]
         rows = "\n".join(f"| {k} | {v:.4f} | {theirs[f'baseline_{k}']:.4f} | {compared[f'margin_{k}']:+.4f} |"
@@ -80,9 +76,9 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     create_markdown_artifact(
         key="train-summary",
         markdown=(f"# {target.name}: {target.task}\n\n{table}\n\n"
-                  f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]({url}); "
-                  f"[all runs of the experiment, key metrics as columns]"
-                  f"({tracking.ui_url(tracking.configure().get_run(run_id).info.experiment_id)})\n"),
+                  f"Trained {trained.epochs} epoch(s) on {trained.device}. [MLflow run {run_id}]"
+                  f"({tracking.ui_url(experiment_id, run_id)}); [all runs of the experiment, key metrics as columns]"
+                  f"({tracking.ui_url(experiment_id)})\n"),
         description="test metrics of this train-flow run",
     )
     return metrics
