@@ -69,9 +69,11 @@ def quiet_user_errors() -> None:
             handler.addFilter(_NoTracebackForUserErrors())
 
 
-def main(argv=None, prefect_server=None, warm_up: bool = False) -> int:
+def main(argv=None, prefect_server=None, warm_up: bool = False, private_api: bool = False) -> int:
     """Parse, build the config, run train-flow in this process and print the summary; returns the exit code.
     `prefect_server`: a flows.prefect_server.TemporaryServer started by cli(), waited for just before the flow.
+    `private_api`: the Prefect API is a temporary server that lives only as long as this process or the warm
+    process it was forked from (implied by `prefect_server`).
     `warm_up`: load what the train and export steps load on first use on a background thread while the flow
     starts (see warm_up_in_background)."""
     from pydantic import ValidationError
@@ -108,6 +110,7 @@ def main(argv=None, prefect_server=None, warm_up: bool = False) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         trace("server ready")
+    if prefect_server is not None or private_api:
         # no heartbeats to a server that lives as long as this process: nothing watches them there, and joining the
         # heartbeat thread (it sleeps in 1 s steps) held up the end of every flow run by up to a second
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -159,26 +162,46 @@ def model_fn_problem(model_fn: str | None) -> str | None:
     return None
 
 
+FIRST_USE = ("tasks.tracking:warm_up_store", "training.optim:import_dynamo", "tasks.export:warm_up_requirement_check")
+
+
+def load_first_use(step_names=FIRST_USE) -> None:
+    """What later steps load on their first use: MLflow's SQL store (tasks/tracking.py's warm_up_store),
+    torch._dynamo, which the first optimizer imports (training/optim.py's import_dynamo), and the installed-package
+    map behind log_model's requirement check (tasks/export.py). Best effort: a step that fails raises again where
+    it matters."""
+    import importlib
+
+    for name in step_names:
+        module, function = name.split(":")
+        try:
+            getattr(importlib.import_module(module), function)()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def warm_up_in_background() -> threading.Thread:
-    """Loads, on a daemon thread, what later steps would load on their first use, while the flow's first steps
-    mostly wait (Prefect API calls, the MLflow database, the baseline's OpenMP threads): MLflow's SQL store
-    (tasks/tracking.py's warm_up_store), torch._dynamo, which the first optimizer imports (training/optim.py's
-    import_dynamo), and the installed-package map behind log_model's requirement check (tasks/export.py). A step that gets there first waits on Python's import lock or computes the
-    same itself; nothing depends on the thread finishing."""
-    def run():
-        from tasks.export import warm_up_requirement_check
-        from tasks.tracking import warm_up_store
-        from training.optim import import_dynamo
-
-        for step in (warm_up_store, import_dynamo, warm_up_requirement_check):
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - the step that needs it raises it where it matters
-                pass
-
-    thread = threading.Thread(target=run, name="torchyard-warm-up", daemon=True)
+    """load_first_use() on a daemon thread while the flow's first steps mostly wait (Prefect API calls, the MLflow
+    database). A step that gets there first waits on Python's import lock or computes the same itself; nothing
+    depends on the thread finishing."""
+    thread = threading.Thread(target=load_first_use, name="torchyard-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def load_ahead() -> None:
+    """Everything a run imports or loads on first use, for a warm process (flows/warm_process.py) before it forks:
+    the flow and its tasks, load_first_use()'s steps, scikit-learn's baseline, metrics and sample datasets,
+    matplotlib's Agg backend."""
+    import flows.train_flow  # noqa: F401
+    import sklearn.datasets  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+
+    from training.evaluation import pyplot
+
+    pyplot()
+    load_first_use()
 
 
 def print_baseline(result: dict) -> None:
@@ -202,24 +225,36 @@ def print_baseline(result: dict) -> None:
 
 
 def cli(argv=None) -> None:
-    """The command line: main() with a Prefect API chosen before the heavy imports, then a flushed, immediate exit.
-    Only for `python train.py`: os._exit ends the process, so library code and tests call main() instead."""
+    """The command line: a warm process's run when one is ready for this environment (flows/warm_process.py), else
+    main() with a Prefect API chosen before the heavy imports, then a flushed, immediate exit, and a warm process
+    left for the next run. Only for `python train.py`: os._exit ends the process, so library code and tests call
+    main() instead."""
     trace("start")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)  # --help and flag errors exit here, before anything is started
     problem = model_fn_problem(args.model_fn)
     if problem:
         print(f"error: {problem}", file=sys.stderr, flush=True)
         os._exit(2)
-    # idle OpenMP threads sleep instead of spinning: torch's and scikit-learn's thread pools share 2 cores here, and
-    # spinning ones slowed the baseline's HistGradientBoosting fit 3-10x (bench/bench_startup.py)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from flows import prefect_server
+    from flows import prefect_server, warm_process
 
+    environment = dict(os.environ)  # before connect() adds the Prefect API: what a warm process is matched on
+    code = warm_process.run(argv, environment)
+    if code is not None:
+        os._exit(code)
     api_url, server, source = prefect_server.connect()
     print(f"Prefect API: {api_url} ({source})", file=sys.stderr, flush=True)
+    code = run_and_finish(argv, server, warm_up=True)
+    warm_process.start(environment)
+    os._exit(code)
+
+
+def run_and_finish(argv: list[str], server, warm_up: bool = False, private_api: bool = False) -> int:
+    """main() with an interrupt or a bug turned into an exit code, then finish(): what a cold process and a warm
+    process's child both run."""
     code = 1
     try:
-        code = main(argv, prefect_server=server, warm_up=True)
+        code = main(argv, prefect_server=server, warm_up=warm_up, private_api=private_api)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
@@ -229,7 +264,7 @@ def cli(argv=None) -> None:
         traceback.print_exc()
     finally:
         code = finish(server, code)
-    os._exit(code)
+    return code
 
 
 def finish(server, code: int) -> int:

@@ -44,7 +44,6 @@ os.environ["PREFECT_HOME"] = str(SCRATCH / "prefect")
 (SCRATCH / "prefect").mkdir()  # the temporary server does not create it
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of its own (main), not a local stack's
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: idle OpenMP threads sleep, not spin
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1e-5, "high": 0.1, "log": True},

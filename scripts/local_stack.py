@@ -148,6 +148,10 @@ def down() -> None:
             print(f"stopped the {name}")
     for recorded in ("server.url", "server.home"):
         (STATE / recorded).unlink(missing_ok=True)
+    from flows import warm_process
+
+    if stopped := warm_process.stop_all():
+        print(f"stopped {stopped} warm train.py process(es)")
 
 
 def demo(port: int, deployment: str) -> int:

@@ -16,6 +16,8 @@ os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
 os.environ["TORCHYARD_CACHE_DIR"] = str(_SESSION_DIR / "cache")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
+# train.py subprocesses run cold and leave no warm process behind (flows/warm_process.py); its own tests turn it on
+os.environ["TORCHYARD_WARM_PROCESS"] = "0"
 
 REPO = Path(__file__).resolve().parent.parent
 
