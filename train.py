@@ -245,7 +245,10 @@ def cli(argv=None) -> None:
     api_url, server, source = prefect_server.connect()
     print(f"Prefect API: {api_url} ({source})", file=sys.stderr, flush=True)
     code = run_and_finish(argv, server, warm_up=True)
-    warm_process.start(environment)
+    if warm_process.start(environment):
+        print(f"a warm process takes the next runs in this environment (it exits after "
+              f"{warm_process.idle_seconds(environment) / 60:g} idle minutes; TORCHYARD_WARM_PROCESS=0 turns it off, "
+              "make stop stops it)", file=sys.stderr, flush=True)
     os._exit(code)
 
 
@@ -258,6 +261,9 @@ def run_and_finish(argv: list[str], server, warm_up: bool = False, private_api: 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # whoever read the summary left (`train.py ... | head -3`); it is printed after the run
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except BaseException:  # a bug: its traceback, as Python would print it
         import traceback
 

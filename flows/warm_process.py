@@ -22,18 +22,21 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SETTING = "TORCHYARD_WARM_PROCESS"
 DEFAULT_IDLE_SECONDS = 600.0
+START_WAIT = 300.0  # how long a run waits for a warm process that is still starting (imports on a busy machine)
 # Variables a shell changes from one command to the next, or that only say how the caller was started: not part of
 # what a run sees. Every other variable must match for a run to use a warm process.
 VOLATILE = {"_", "OLDPWD", "PWD", "SHLVL", "COLUMNS", "LINES", "TERM", "COLORTERM", "TERM_PROGRAM",
@@ -66,42 +69,60 @@ def folder(env=os.environ) -> Path:
     return path
 
 
-def key(env=os.environ) -> str:
-    """What a warm process must share with a run: interpreter, project and the environment (less VOLATILE)."""
+# Files Prefect reads from the working folder when it is imported (its settings sources): a folder with any of them
+# gets warm processes of its own, started there.
+FOLDER_SETTINGS = ("prefect.toml", ".env", "pyproject.toml")
+
+
+def key(env=os.environ, cwd: str | None = None) -> str:
+    """What a warm process must share with a run: interpreter, project, the environment (less VOLATILE), and the
+    working folder with the contents of its FOLDER_SETTINGS when it has any."""
     kept = sorted((k, v) for k, v in env.items() if k not in VOLATILE)
-    text = json.dumps([sys.executable, str(REPO), kept])
+    folder_settings = []
+    cwd = cwd or os.getcwd()
+    for name in FOLDER_SETTINGS:
+        with contextlib.suppress(OSError):
+            folder_settings.append([name, hashlib.sha256(Path(cwd, name).read_bytes()).hexdigest()])
+    text = json.dumps([sys.executable, str(REPO), kept, [cwd, folder_settings] if folder_settings else None])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def socket_path(env=os.environ) -> Path:
-    return folder(env) / f"{key(env)[:20]}.sock"
+def socket_path(env=os.environ, cwd: str | None = None) -> Path:
+    return folder(env) / f"{key(env, cwd)[:20]}.sock"
 
 
 # ----------------------------------------------------------------------------------------------------------- client
 
 def run(argv: list[str], env=os.environ) -> int | None:
     """Run train.py's `argv` in the warm process for this environment and return its exit code; None when there is
-    none ready for it (not started, stale, stopped, or turned off), and the caller runs cold."""
+    none ready for it (not started, stale, stopped, stuck, or turned off), and the caller runs cold."""
     if not idle_seconds(env):
         return None
     try:
-        path = socket_path(env)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(str(path))
+        conn.connect(str(socket_path(env)))
     except OSError:
         return None
-    with conn:
-        request = json.dumps({"argv": argv, "env": dict(env), "cwd": os.getcwd(), "key": key(env)}).encode()
+    with conn:  # kept open both ways until the end: the child stops its run when this process is gone
+        request = {"argv": argv, "argv0": sys.argv[0], "env": dict(env), "cwd": os.getcwd(), "key": key(env)}
         try:
             _send(conn, request, [0, 1, 2])
             replies = conn.makefile("r")
-            first = json.loads(replies.readline() or "{}")
+            first = _first_reply(conn, replies)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
         except (OSError, ValueError):
             return None
         child = first.get("pid")
         if not child:
             return None  # stale or stopping: it says so and exits; this run goes cold
-        forward = lambda signum, frame: _signal(child, signum)  # noqa: E731
+        forwarded = []
+
+        def forward(signum, frame):
+            forwarded.append(signum)
+            _signal(child, signum)
+
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             last = replies.readline()
@@ -111,9 +132,24 @@ def run(argv: list[str], env=os.environ) -> int | None:
     try:
         return int(json.loads(last)["exit"])
     except (ValueError, KeyError, TypeError):
+        if forwarded:  # it ended by the signal this process passed on (Prefect re-raises SIGTERM): as a shell says
+            return 128 + forwarded[-1]
         print(f"error: the run in the warm process (pid {child}) ended without an exit code; it was killed",
               file=sys.stderr)
         return 1
+
+
+def _first_reply(conn: socket.socket, replies) -> dict:
+    """The warm process's answer: at once when it is ready; a warm process still starting (the one the previous run
+    left) is waited for, saying so, up to START_WAIT seconds; one that does not answer by then is left for a cold
+    run (ValueError)."""
+    if not select.select([conn], [], [], 1.0)[0]:
+        print("waiting for the warm process to finish starting ...", file=sys.stderr, flush=True)
+        if not select.select([conn], [], [], START_WAIT)[0]:
+            print(f"warning: the warm process did not answer in {START_WAIT:.0f} s; running without it",
+                  file=sys.stderr, flush=True)
+            raise ValueError("no answer")
+    return json.loads(replies.readline() or "{}")
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -136,8 +172,8 @@ def start(env=os.environ) -> int | None:
     if _answers(path):
         return None
     try:
-        with open(path.with_suffix(".log"), "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "flows.warm_process", "serve"], cwd=REPO,
+        with open(path.with_suffix(".log"), "wb") as log:  # this warm process's log, beside its socket
+            process = subprocess.Popen([sys.executable, "-m", "flows.warm_process", "serve"], cwd=os.getcwd(),
                                        env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True)
     except OSError as exc:  # the run itself is done; only the next one is cold
@@ -146,18 +182,17 @@ def start(env=os.environ) -> int | None:
     return process.pid
 
 
-def _send(conn: socket.socket, message: bytes, fds: list[int] = ()) -> None:
-    """One byte carrying the file descriptors (SCM_RIGHTS), then the JSON message, then end of writing."""
+def _send(conn: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    """One byte carrying the file descriptors (SCM_RIGHTS), then the message: one line of JSON."""
     socket.send_fds(conn, [b"\0"], list(fds))
-    conn.sendall(message)
-    conn.shutdown(socket.SHUT_WR)
+    conn.sendall(json.dumps(message).encode() + b"\n")
 
 
 def _answers(path: Path) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.connect(str(path))
-            _send(probe, b'{"ping": true}')
+            _send(probe, {"ping": True})
         return True
     except OSError:
         return False
@@ -177,7 +212,7 @@ def _stop(path: Path) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(str(path))
-            _send(conn, b'{"stop": true}')
+            _send(conn, {"stop": True})
             conn.recv(100)
         return True
     except OSError:
@@ -269,6 +304,7 @@ def _loop(listener: socket.socket, idle: float, my_key: str, fingerprint: _Finge
     last_run, stopping = time.monotonic(), False
     listener.settimeout(2.0)
     while True:
+        stopping = stopping or bool(_SIGNALLED)
         children = {pid for pid in children if not _reaped(pid)}
         if not children and (stopping or time.monotonic() - last_run > idle):
             return
@@ -316,8 +352,9 @@ def _reaped(pid: int) -> bool:
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     _, fds, _, _ = socket.recv_fds(conn, 1, 3)
     chunks = []
-    while data := conn.recv(1 << 20):
+    while (data := conn.recv(1 << 20)) and not data.endswith(b"\n"):
         chunks.append(data)
+    chunks.append(data)
     try:
         return json.loads(b"".join(chunks) or b"{}"), fds
     except ValueError:
@@ -329,24 +366,30 @@ def _fork_run(message: dict, fds: list[int], conn: socket.socket, listener: sock
     connected to) and arguments, then train.py's own run-and-finish; the exit code goes back over `conn`."""
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
         listener.close()
-        conn.settimeout(None)
+        _as_a_new_process(parent)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
-        for stream in (sys.stdout, sys.stderr):
-            stream.reconfigure(line_buffering=True)
+        env = message["env"]
+        # the buffering Python gives a new process: stdout by line on a terminal, stderr by line, both unbuffered
+        # with PYTHONUNBUFFERED
+        unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+        sys.stdout.reconfigure(line_buffering=os.isatty(1), write_through=unbuffered)
+        sys.stderr.reconfigure(line_buffering=True, write_through=unbuffered)
         os.chdir(message["cwd"])
         os.environ.clear()
-        os.environ.update(message["env"])
+        os.environ.update(env)
         os.environ.update(setup["added"])
-        sys.argv = ["train.py", *message["argv"]]
+        sys.argv = [message.get("argv0") or "train.py", *message["argv"]]
         conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
-        print(f"{setup['banner']}; warm process {os.getppid()})", file=sys.stderr, flush=True)
+        threading.Thread(target=_end_with_the_caller, args=(conn,), daemon=True).start()
+        print(f"{setup['banner']}; warm process {parent})", file=sys.stderr, flush=True)
         import train
 
         code = train.run_and_finish(message["argv"], None, private_api=setup["private"])
@@ -357,10 +400,40 @@ def _fork_run(message: dict, fds: list[int], conn: socket.socket, listener: sock
             os._exit(code)
 
 
+def _as_a_new_process(parent: int) -> None:
+    """Signals as a new process has them (the warm process handles SIGTERM itself, and may have inherited an
+    ignored SIGINT from a shell without job control); on Linux, SIGTERM when the warm process dies (its Prefect
+    server goes with it, so the run could not finish anyway)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_with_the_caller(conn: socket.socket) -> None:
+    """The caller keeps its end open until it has the exit code: end of file means it is gone (kill -9, its
+    terminal closed), and the run stops as a cold one would on SIGTERM, not on unseen."""
+    try:
+        while conn.recv(1024):
+            pass
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+_SIGNALLED: list[int] = []
+
+
 def main(argv=None) -> int:
     command = (argv if argv is not None else sys.argv[1:]) or ["serve"]
     if command[0] == "serve":
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # stop as `stop` does: after the runs going
+            signal.signal(signum, lambda signum, frame: _SIGNALLED.append(signum))
         return serve()
     if command[0] == "stop":
         print(f"stopped {stop_all()} warm process(es)")

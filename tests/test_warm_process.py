@@ -61,7 +61,8 @@ def test_the_second_run_forks_from_the_warm_process_and_loses_nothing(warm_env, 
     args = ["--n_epochs", "2", "--experiment", experiment, "--model_name", name]
     first = train_py(*args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "warm process" not in first.stderr  # the first one runs cold and leaves a warm process behind
+    assert "; warm process" not in first.stderr  # the first one runs cold
+    assert "a warm process takes the next runs" in first.stderr  # and says that it leaves one behind
     log = warm_process.socket_path(env).with_suffix(".log")
     wait_until(lambda: log.exists() and "ready" in log.read_text(), "the warm process is ready")
 
@@ -89,6 +90,21 @@ def test_the_second_run_forks_from_the_warm_process_and_loses_nothing(warm_env, 
     assert bad.returncode != 0 and "missing.csv" in bad.stderr and f"warm process {daemon})" in bad.stderr
     assert "Traceback" not in bad.stderr
 
+    # the caller killed (kill -9, a closed terminal): its run stops as a cold one would, not unseen
+    long_run = subprocess.Popen([sys.executable, "train.py", "--n_epochs", "500", "--patience", "1000",
+                                 "--experiment", f"{experiment}-killed"], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for line in long_run.stderr:
+        if found := re.search(r"MLflow run ([0-9a-f]{32})", line):
+            killed_run = found.group(1)
+        if "epoch 1/500" in line:
+            break
+    long_run.kill()
+    long_run.wait()
+    wait_until(lambda: mlflow_client.get_run(killed_run).info.status != "RUNNING", "the orphaned run stops", 300)
+    assert mlflow_client.get_run(killed_run).info.status == "FAILED"
+    assert len(mlflow_client.get_metric_history(killed_run, "train_loss")) < 500
+
     other = train_py(*args, env={**env, "TORCHYARD_SOME_SETTING": "x"})  # another environment: not this process
     assert other.returncode == 0 and f"warm process {daemon})" not in other.stderr
 
@@ -102,6 +118,20 @@ def test_the_match_is_on_the_environment_less_what_a_shell_changes_per_command()
     assert warm_process.key(env) == warm_process.key({**env, "PWD": "/b", "SHLVL": "2", "_": "/usr/bin/env"})
     assert warm_process.key(env) != warm_process.key({**env, "MLFLOW_TRACKING_URI": "sqlite:///b.db"})
     assert warm_process.key(env) != warm_process.key({**env, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_folder_with_prefect_settings_files_gets_its_own(tmp_path):
+    """Prefect reads prefect.toml, .env and pyproject.toml from the working folder when it is imported."""
+    env = {"PATH": "/usr/bin"}
+    plain, other, configured = tmp_path / "plain", tmp_path / "other", tmp_path / "configured"
+    for folder in (plain, other, configured):
+        folder.mkdir()
+    assert warm_process.key(env, str(plain)) == warm_process.key(env, str(other))
+    (configured / "prefect.toml").write_text('[logging]\nlevel = "WARNING"\n')
+    before = warm_process.key(env, str(configured))
+    assert before != warm_process.key(env, str(plain))
+    (configured / "prefect.toml").write_text('[logging]\nlevel = "ERROR"\n')
+    assert warm_process.key(env, str(configured)) != before
 
 
 def test_it_is_dropped_when_loaded_code_or_installed_packages_change(tmp_path):
