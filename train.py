@@ -162,20 +162,18 @@ def model_fn_problem(model_fn: str | None) -> str | None:
     return None
 
 
-FIRST_USE = ("tasks.tracking:warm_up_store", "training.optim:import_dynamo", "tasks.export:warm_up_requirement_check")
-
-
-def load_first_use(step_names=FIRST_USE) -> None:
+def load_first_use() -> None:
     """What later steps load on their first use: MLflow's SQL store (tasks/tracking.py's warm_up_store),
     torch._dynamo, which the first optimizer imports (training/optim.py's import_dynamo), and the installed-package
     map behind log_model's requirement check (tasks/export.py). Best effort: a step that fails raises again where
     it matters."""
-    import importlib
+    from tasks.export import warm_up_requirement_check
+    from tasks.tracking import warm_up_store
+    from training.optim import import_dynamo
 
-    for name in step_names:
-        module, function = name.split(":")
+    for step in (warm_up_store, import_dynamo, warm_up_requirement_check):
         try:
-            getattr(importlib.import_module(module), function)()
+            step()
         except Exception:  # noqa: BLE001
             pass
 

@@ -321,6 +321,7 @@ def _loop(listener: socket.socket, idle: float, my_key: str, fingerprint: _Finge
                 message, fds = _receive(conn)
             except OSError:
                 continue
+            conn.settimeout(None)  # the child keeps it for as long as its run takes
             try:
                 if message.get("stop"):
                     stopping = True

@@ -91,19 +91,22 @@ def test_the_second_run_forks_from_the_warm_process_and_loses_nothing(warm_env, 
     assert "Traceback" not in bad.stderr
 
     # the caller killed (kill -9, a closed terminal): its run stops as a cold one would, not unseen
-    long_run = subprocess.Popen([sys.executable, "train.py", "--n_epochs", "500", "--patience", "1000",
+    started = time.monotonic()
+    long_run = subprocess.Popen([sys.executable, "train.py", "--n_epochs", "100000", "--patience", "100000",
                                  "--experiment", f"{experiment}-killed"], cwd=REPO, env=env, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for line in long_run.stderr:
         if found := re.search(r"MLflow run ([0-9a-f]{32})", line):
             killed_run = found.group(1)
-        if "epoch 1/500" in line:
+        if "epoch 1/100000" in line:
             break
+    time.sleep(max(0.0, started + 15 - time.monotonic()))  # a warm run lives past the warm process's socket timeout
+    assert long_run.poll() is None and mlflow_client.get_run(killed_run).info.status == "RUNNING"
     long_run.kill()
     long_run.wait()
     wait_until(lambda: mlflow_client.get_run(killed_run).info.status != "RUNNING", "the orphaned run stops", 300)
     assert mlflow_client.get_run(killed_run).info.status == "FAILED"
-    assert len(mlflow_client.get_metric_history(killed_run, "train_loss")) < 500
+    assert len(mlflow_client.get_metric_history(killed_run, "train_loss")) < 100000
 
     other = train_py(*args, env={**env, "TORCHYARD_SOME_SETTING": "x"})  # another environment: not this process
     assert other.returncode == 0 and f"warm process {daemon})" not in other.stderr
