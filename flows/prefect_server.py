@@ -73,10 +73,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the server's process before it starts: the kernel sends it SIGTERM when train.py dies, even by kill -9,
-    so no temporary server outlives the run that started it (Linux's PR_SET_PDEATHSIG; it follows the thread that
-    started the server, which is train.py's main thread)."""
+def die_with_parent() -> None:
+    """In a child process (the server before it starts, a warm process's run): the kernel sends it SIGTERM when its
+    parent dies, even by kill -9, so no temporary server outlives the run that started it (Linux's
+    PR_SET_PDEATHSIG; it follows the thread that started the child, train.py's main thread for the server)."""
     import ctypes
     import signal
 
@@ -98,7 +98,7 @@ class TemporaryServer:
         server_env.pop("PREFECT_API_URL", None)
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, env=server_env, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                        preexec_fn=die_with_parent if sys.platform == "linux" else None)
         self.ready_seconds: float | None = None
 
     def wait(self, timeout: float = START_TIMEOUT) -> float:

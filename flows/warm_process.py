@@ -409,9 +409,9 @@ def _as_a_new_process(parent: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     if sys.platform == "linux":
-        import ctypes
+        from flows.prefect_server import die_with_parent
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        die_with_parent()
         if os.getppid() != parent:  # it died before the line above
             os.kill(os.getpid(), signal.SIGTERM)
 
