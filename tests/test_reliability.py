@@ -132,17 +132,18 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
                                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_healthy():
-        for _ in range(200):
+    def wait_healthy(server):
+        deadline = time.monotonic() + 600  # a busy machine can take minutes; a dead server fails at once
+        while time.monotonic() < deadline and server.poll() is None:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
                 return
             except OSError:
                 time.sleep(0.2)
-        raise AssertionError("mlflow server did not start")
+        raise AssertionError(f"mlflow server did not start (exit code {server.poll()})")
 
     servers = [start()]
-    wait_healthy()
+    wait_healthy(servers[0])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30000, 8))
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
@@ -154,6 +155,7 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
                                 "--batch_size", "32", "--patience", "20"], cwd=REPO, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
+    restart = threading.Timer(5, lambda: servers.__setitem__(1, start()))
     try:
         for line in process.stdout:
             lines.append(line)
@@ -161,10 +163,11 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
                 os.killpg(servers[0].pid, signal.SIGKILL)
                 servers[0].wait()
                 servers.append(None)
-                threading.Timer(5, lambda: servers.__setitem__(1, start())).start()
+                restart.start()
         assert process.wait(timeout=300) == 0, "".join(lines[-30:])
     finally:
-        time.sleep(6)  # the restart timer may still be pending
+        if restart.is_alive():
+            restart.join()  # the restart may still be pending
         for server in servers:
             if server is not None and server.poll() is None:
                 os.killpg(server.pid, signal.SIGKILL)
