@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 SETTINGS_ENV = "TORCHYARD_SERVE_SETTINGS"  # how `--workers N` hands the settings to the worker processes
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _registry(model: str):
@@ -71,21 +72,20 @@ def worker_app():
     checked again here (each worker holds its own copy)."""
     from serving.app import ServeSettings, create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENV]))
     return create_app(settings, registry=_registry(settings.model))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     from preprocessing.errors import user_facing
     from serving.app import ServeSettings, create_app, load
-    from serving.registry import registry_uri
 
-    registry = None
-    if registry_uri(args.model):  # registry references are resolved through MLflow; files need neither
-        from tasks import registry, tracking
+    registry = _registry(args.model)
+    if registry is not None:
+        from tasks import tracking
 
         try:
             tracking.check_reachable()
@@ -101,13 +101,8 @@ def main(argv=None) -> int:
         print("error: --workers must be at least 1; --max-in-flight, --inline-bytes, --retry-after, "
               "--batch-max-rows and --onnx-threads at least 0; --batch-wait-ms from 0 to 1000", file=sys.stderr)
         return 2
-    settings = ServeSettings(model=args.model, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
-                             api_key=args.api_key, protect_predict=args.protect_predict,
-                             loopback=args.host in ("127.0.0.1", "localhost", "::1"),
-                             max_image_side=args.max_image_side, reload_interval=args.reload_interval,
-                             max_in_flight=args.max_in_flight, retry_after=args.retry_after,
-                             inline_bytes=args.inline_bytes, batch_max_rows=args.batch_max_rows,
-                             batch_wait_ms=args.batch_wait_ms, onnx_threads=args.onnx_threads)
+    settings = ServeSettings(**{k: v for k, v in vars(args).items() if k in ServeSettings.model_fields},
+                             loopback=args.host in ("127.0.0.1", "localhost", "::1"))
     try:
         loaded = load(settings.model, registry, settings.onnx_threads)
     except Exception as exc:

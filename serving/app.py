@@ -7,37 +7,37 @@
     POST /reload    load the reference again (a new champion) without a restart; requests in flight finish on the
                     model they started with
 
-The request model of /predict is built from the loaded model's input schema (its columns and their types), so the
-OpenAPI document says exactly what to send. Every error is a 4xx with a message; nothing leaks a traceback.
+The request model of /predict is built from the loaded model's input schema, so the OpenAPI document says exactly
+what to send. Every error is a 4xx with a message; nothing leaks a traceback.
 
 Bounded work per request: the body's size is checked as it arrives (max_body_bytes), the number of rows, texts or
-images before any of them is validated (max_batch), and an error body lists at most MAX_ERRORS problems. Decoding,
-validation, preprocessing and ONNX Runtime run on worker threads, so /health answers while a large request is being
-worked on; only a tabular body of at most inline_bytes is answered on the event loop, on the fast path (well under a
-millisecond: cheaper than the hop to a thread). Multipart image uploads are parsed on a worker thread too. At most
-max_in_flight prediction requests are worked on at once; more are answered 503 with Retry-After at once, instead of
-queueing with a latency that grows without bound. A model replaces the served one only after a complete check
-(serving.inference.load_checked: the file's fields, the preprocessing state, the ONNX graph, one prediction).
+images before any of them is validated (max_batch), and an error body lists at most MAX_ERRORS problems. Decoding
+(multipart uploads too), validation, preprocessing and ONNX Runtime run on worker threads, so /health answers while
+a large request is worked on; only a tabular body of at most inline_bytes is answered on the event loop, by the fast
+path (well under a millisecond: cheaper than the hop to a thread). At most max_in_flight prediction requests are
+worked on at once; more are answered 503 with Retry-After at once, instead of queueing without bound. A model
+replaces the served one only after a complete check (serving.inference.load_checked).
 
-Tabular /predict takes the fast path first (serving/compiled.py: the rows validated column by column, preprocessing
-compiled to numpy, no pandas, orjson); any request it does not take (invalid, or unusual) goes through the pydantic
-request model and the Predictor, which answer exactly as before: the two paths give the same predictions and the
-same errors.
+Tabular /predict and /invocations take the fast path first (serving/compiled.py: rows validated column by column,
+preprocessing compiled to numpy, no pandas, orjson); a request it does not take (invalid, or unusual) goes through
+the pydantic request model and the Predictor: the two paths give the same predictions and the same errors.
 
 Micro-batching (serving/microbatch.py, --batch-max-rows, --batch-wait-ms): each prediction request is checked on its
-own, then joined with the requests waiting at that moment into one model call (one ONNX Runtime call on the tabular
-fast path, one Predictor.predict for texts, one predict_images for images); each gets exactly its own rows back, and
-a request whose part of the joined call fails (an output that is not finite, a file that does not decode) gets the
-answer it would get alone. /predict and /invocations of one model share its batcher. With the defaults nothing
-waits: requests that arrive while a call runs are joined into the next one.
+own, then joined with the requests waiting at that moment into one model call; each gets exactly its own rows back,
+and a request whose part of the joined call fails gets the answer it would get alone. /predict and /invocations of
+one model share its batcher. With the defaults nothing waits: requests that arrive while a call runs are joined
+into the next one.
 """
 import base64
 import binascii
 import hmac
 import email.message
+import functools
 import io
 import json
 import logging
+import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -69,35 +69,24 @@ INLINE_BATCH_ROWS = 64  # a tabular batch of at most this many rows runs on the 
 
 
 class ServeSettings(BaseModel):
+    """The server's settings: each is the python -m serving flag of the same name (serve.py's --help describes them),
+    but `loopback`, which serve.py sets from --host. A request over one of the limits is answered 413."""
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="models:/<name>@<alias>, models:/<name>/<version>, a bare registered name "
-                       "(its @champion), or a .pth/.onnx path")
-    max_body_bytes: int = Field(10 * 2 ** 20, ge=1, description="Largest request body accepted (413 above).")
-    max_batch: int = Field(1024, ge=1, description="Most rows, texts or images per request (413 above; counted "
-                           "before any row is validated).")
-    max_image_side: int = Field(4096, ge=1, description="Largest image width or height accepted (413 above).")
-    reload_interval: float = Field(0.0, ge=0, description="Seconds between checks of the registry alias for a new "
-                                   "version (0: only POST /reload).")
-    api_key: str | None = Field(None, repr=False, description="Token that POST /reload needs (Authorization: Bearer "
-                                "<key> or X-API-Key: <key>); without one, /reload answers only on a loopback "
-                                "address.")
-    loopback: bool = Field(True, description="The server listens on a loopback address only.")
-    protect_predict: bool = Field(False, description="/predict and /invocations need the api_key too.")
-    max_in_flight: int = Field(64, ge=0, description="Most prediction requests (/predict, /invocations) worked on at "
-                               "once by one server process; more are answered 503 with Retry-After (0: no limit).")
-    retry_after: int = Field(1, ge=0, description="Seconds in the Retry-After header of a 503.")
-    inline_bytes: int = Field(16384, ge=0, description="Tabular /predict bodies up to this size are answered on the "
-                              "event loop by the fast path (cheaper than a thread hop); larger ones, and every other "
-                              "request's work, on worker threads (0: always on a thread).")
-    batch_max_rows: int = Field(BATCH_MAX_ROWS, ge=0, description="Micro-batching (serving/microbatch.py): most rows, "
-                                "texts or images that concurrent prediction requests join into one model call; a "
-                                "request with as many or more is not batched (0: no micro-batching).")
-    onnx_threads: int = Field(ONNX_THREADS, ge=0, description="ONNX Runtime's intra-op threads per model (0: its "
-                              "default, one per core); the server's parallelism is its requests and --workers.")
-    batch_wait_ms: float = Field(BATCH_WAIT_MS, ge=0, le=1000, description="Micro-batching: milliseconds the first "
-                                 "request waits for others when the model is idle (requests that arrive while a "
-                                 "batch runs are joined without waiting; 0: no waiting).")
+    model: str  # models:/<name>@<alias>, models:/<name>/<version>, a registered name (its @champion), a .pth/.onnx
+    max_body_bytes: int = Field(10 * 2 ** 20, ge=1)
+    max_batch: int = Field(1024, ge=1)  # rows, texts or images, counted before any of them is validated
+    max_image_side: int = Field(4096, ge=1)
+    reload_interval: float = Field(0.0, ge=0)  # seconds between checks of the registry alias (0: only POST /reload)
+    api_key: str | None = Field(None, repr=False)  # without one, /reload answers only on a loopback address
+    loopback: bool = True  # the server listens on a loopback address only
+    protect_predict: bool = False  # /predict and /invocations need the api_key too
+    max_in_flight: int = Field(64, ge=0)  # per server process; more are answered 503 with Retry-After (0: no limit)
+    retry_after: int = Field(1, ge=0)
+    inline_bytes: int = Field(16384, ge=0)
+    batch_max_rows: int = Field(BATCH_MAX_ROWS, ge=0)
+    onnx_threads: int = Field(ONNX_THREADS, ge=0)
+    batch_wait_ms: float = Field(BATCH_WAIT_MS, ge=0, le=1000)
 
 
 class TooLarge(TorchyardError):
@@ -132,15 +121,12 @@ class Loaded:
     predictor: Predictor
     ref: ModelRef
     schema: dict
-    _compiled: CompiledTable | None = None
     _batcher: MicroBatcher | None = None
 
-    @property
+    @functools.cached_property
     def compiled(self) -> CompiledTable:
         """The fast path of a tabular model (serving/compiled.py), built on first use."""
-        if self._compiled is None:
-            self._compiled = CompiledTable(self.predictor)
-        return self._compiled
+        return CompiledTable(self.predictor)
 
 
 def load(reference: str, registry: Registry | None = None, threads: int = ONNX_THREADS) -> Loaded:
@@ -187,10 +173,8 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 def rows_request(schema: dict) -> type[BaseModel]:
     """The typed request for a tabular model: every training column, null allowed (imputed as in training),
     missing or extra fields refused, NaN and infinity refused."""
-    fields = {}
-    for i, column in enumerate(schema["columns"]):
-        kind = Number | None if column["type"] == "number" else str | int | bool | None
-        fields[f"c{i}"] = (kind, Field(..., alias=column["name"]))
+    fields = {f"c{i}": (Number | None if column["type"] == "number" else str | int | bool | None,
+                        Field(..., alias=column["name"])) for i, column in enumerate(schema["columns"])}
     row = create_model("Row", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields)
     return create_model("RowsRequest", __config__=ConfigDict(extra="forbid"),
                         rows=(list[row], Field(min_length=1, description="One record per row to predict.")))
@@ -211,10 +195,9 @@ class _State:
         if not self.settings.batch_max_rows:
             return None
         if current._batcher is None:
-            inline = None
-            if current.schema["kind"] == "rows" and self.settings.inline_bytes:  # tiny ONNX Runtime calls
-                inline = lambda rows: rows <= INLINE_BATCH_ROWS  # noqa: E731
-            current._batcher = MicroBatcher(BATCH_RUNS[current.schema["kind"]](current),
+            tiny = current.schema["kind"] == "rows" and self.settings.inline_bytes  # tiny ONNX Runtime calls inline
+            inline = (lambda rows: rows <= INLINE_BATCH_ROWS) if tiny else None
+            current._batcher = MicroBatcher(functools.partial(BATCH_RUNS[current.schema["kind"]], current),
                                             self.settings.batch_wait_ms / 1000, self.settings.batch_max_rows,
                                             observe=self.metrics.batched, inline=inline)
         return current._batcher
@@ -312,20 +295,13 @@ def create_app(settings: ServeSettings, loaded: Loaded | None = None, registry: 
 
     @app.post("/invocations", openapi_extra=_scoring_body())
     async def invocations(request: Request) -> Response:
-        _authorize(request, settings)
-        current = state.current
-        raw = await request.body()
-        content_type = request.headers.get("content-type")
-        batcher = state.batcher(current)
-        if batcher is None:
-            response = await _inline_or_threaded(settings, raw, _fast_invoke, state, current, raw, content_type)
-        elif current.schema["kind"] == "rows":
-            try:
-                response = await _fast_batched(state, batcher, current, raw, content_type, "scoring", _records)
-            except TorchyardError:  # _invoke answers it in MLflow's error shape
-                response = None
-        else:
+        current, raw, content_type, batcher = await _incoming(request, state)
+        if batcher is not None and current.schema["kind"] != "rows":
             return await _invoke_batched(state, batcher, current, raw, content_type)
+        try:
+            response = await _fast_response(state, batcher, current, raw, content_type, "scoring", _records)
+        except TorchyardError:  # _invoke answers it in MLflow's error shape
+            response = None
         if response is None:
             response = await run_in_threadpool(_invoke, state, current, raw, content_type)
         return response
@@ -346,28 +322,21 @@ def _rows_route(app: FastAPI, state: _State, settings: ServeSettings, schema: di
         state.metrics.observe_features(frame, current.predictor.transform.state.get("numeric", []))
         return _respond(current, table, state.metrics)
 
-    def render(current: Loaded, outputs: np.ndarray) -> Response:
-        return OrjsonResponse({"predictions": current.compiled.predictions(outputs),
-                               "model": {"name": current.ref.name, "version": current.ref.version}})
-
-    def fast(current: Loaded, raw: bytes, content_type: str | None) -> Response | None:
-        outputs = _fast(state, current, raw, content_type, "rows")
-        return None if outputs is None else render(current, outputs)
-
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(request_model))
     async def predict_rows(request: Request) -> Response:
-        _authorize(request, settings)
-        current = state.current
-        raw = await request.body()  # bounded by BodyLimit
-        content_type = request.headers.get("content-type")
-        batcher = state.batcher(current)
-        if batcher is None:
-            response = await _inline_or_threaded(settings, raw, fast, current, raw, content_type)
-        else:
-            response = await _fast_batched(state, batcher, current, raw, content_type, "rows", render)
+        current, raw, content_type, batcher = await _incoming(request, state)
+        response = await _fast_response(state, batcher, current, raw, content_type, "rows", _predictions)
         if response is None:
             response = await run_in_threadpool(predict, current, raw, content_type)
         return response
+
+
+async def _incoming(request: Request, state: _State) -> tuple[Loaded, bytes, str | None, MicroBatcher | None]:
+    """A prediction request, authorized: the model it is answered by, its body (bounded by BodyLimit), its content
+    type, and that model's batcher."""
+    _authorize(request, state.settings)
+    current = state.current  # requests in flight keep the model they started with across a reload
+    return current, await request.body(), request.headers.get("content-type"), state.batcher(current)
 
 
 async def _inline_or_threaded(settings: ServeSettings, raw: bytes, function, *args):
@@ -378,32 +347,15 @@ async def _inline_or_threaded(settings: ServeSettings, raw: bytes, function, *ar
     return await run_in_threadpool(function, *args)
 
 
-def _fast(state: "_State", current: Loaded, raw: bytes, content_type: str | None, route: str) -> np.ndarray | None:
-    """The model's outputs for a tabular /predict (`route` "rows") or /invocations ("scoring") body taken by the
-    fast path (serving/compiled.py), metrics counted; None for a request it leaves to the Predictor path."""
-    made = _fast_features(state, current, raw, content_type, route)
-    if made is None:
-        return None
-    features, raw_numbers = made
-    outputs = current.compiled.outputs(features)
-    if outputs is None:
-        return None
-    _fast_counted(state, current, outputs, raw_numbers)
-    return outputs
-
-
-def _fast_counted(state: "_State", current: Loaded, outputs: np.ndarray, raw_numbers: np.ndarray) -> None:
-    state.metrics.predicted(current.ref.name, current.ref.version, len(outputs))
-    state.metrics.observe_counts(*current.compiled.out_of_range(raw_numbers))
-
-
-async def _fast_batched(state: "_State", batcher: MicroBatcher, current: Loaded, raw: bytes, content_type: str | None,
-                        route: str, render) -> Response | None:
-    """The fast path with micro-batching: the request's rows checked and made into features on their own (inline or
-    on a thread, as without batching), the ONNX Runtime call joined with the concurrent requests', the response
-    rendered; None for a request the fast path leaves to the Predictor path (invalid, or an output that is not
-    finite: that request alone goes there)."""
+async def _fast_response(state: _State, batcher: MicroBatcher | None, current: Loaded, raw: bytes,
+                         content_type: str | None, route: str, render) -> Response | None:
+    """The fast path's (serving/compiled.py) response to a tabular /predict (`route` "rows") or /invocations
+    ("scoring") body, metrics counted; None for a request it leaves to the Predictor path (invalid, or an output that
+    is not finite: that request alone goes there). With micro-batching, only the ONNX Runtime call is joined with the
+    concurrent requests'; each request's rows are checked and made into features on their own."""
     settings = state.settings
+    if batcher is None:
+        return await _inline_or_threaded(settings, raw, _fast, state, current, raw, content_type, route, render)
     made = await _inline_or_threaded(settings, raw, _fast_features, state, current, raw, content_type, route)
     if made is None:
         return None
@@ -417,10 +369,25 @@ async def _fast_batched(state: "_State", batcher: MicroBatcher, current: Loaded,
     return await _inline_or_threaded(settings, raw, _fast_rendered, state, current, outputs, raw_numbers, render)
 
 
-def _fast_rendered(state: "_State", current: Loaded, outputs: np.ndarray, raw_numbers: np.ndarray,
+def _fast(state: _State, current: Loaded, raw: bytes, content_type: str | None, route: str,
+          render) -> Response | None:
+    made = _fast_features(state, current, raw, content_type, route)
+    if made is None:
+        return None
+    outputs = current.compiled.outputs(made[0])
+    return None if outputs is None else _fast_rendered(state, current, outputs, made[1], render)
+
+
+def _fast_rendered(state: _State, current: Loaded, outputs: np.ndarray, raw_numbers: np.ndarray,
                    render) -> Response:
-    _fast_counted(state, current, outputs, raw_numbers)
+    state.metrics.predicted(current.ref.name, current.ref.version, len(outputs))
+    state.metrics.observe_counts(*current.compiled.out_of_range(raw_numbers))
     return render(current, outputs)
+
+
+def _predictions(current: Loaded, outputs: np.ndarray) -> Response:
+    """A /predict response of the fast path (PredictResponse's shape)."""
+    return OrjsonResponse({"predictions": current.compiled.predictions(outputs), "model": _brief(current)})
 
 
 def _records(current: Loaded, outputs: np.ndarray) -> Response:
@@ -428,7 +395,7 @@ def _records(current: Loaded, outputs: np.ndarray) -> Response:
     return OrjsonResponse({"predictions": current.compiled.records(outputs)})
 
 
-def _fast_features(state: "_State", current: Loaded, raw: bytes, content_type: str | None,
+def _fast_features(state: _State, current: Loaded, raw: bytes, content_type: str | None,
                    route: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The fast path's features of a request (and its raw numbers, for the skew gauge), or None."""
     if current.schema["kind"] != "rows" or (content_type not in (None, "application/json")
@@ -463,11 +430,7 @@ def _texts_route(app: FastAPI, state: _State, settings: ServeSettings, schema: d
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_json_body(TextRequest))
     async def predict_texts(request: Request) -> JSONResponse:
-        _authorize(request, settings)
-        current = state.current
-        raw = await request.body()
-        content_type = request.headers.get("content-type")
-        batcher = state.batcher(current)
+        current, raw, content_type, batcher = await _incoming(request, state)
         if batcher is None:
             return await run_in_threadpool(predict, current, raw, content_type)
         frame = await run_in_threadpool(texts, current, raw, content_type)  # validated on its own first
@@ -485,10 +448,8 @@ def _images_route(app: FastAPI, state: _State, settings: ServeSettings, schema: 
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_image_body())
     async def predict_images(request: Request) -> JSONResponse:
-        _authorize(request, settings)
-        current = state.current
-        names, files = await _read_images(request, settings)  # checked on their own first
-        batcher = state.batcher(current)
+        current, raw, content_type, batcher = await _incoming(request, state)
+        names, files = await run_in_threadpool(_read_images, raw, content_type, settings)  # checked on their own first
         if batcher is None or not batcher.takes(len(files)):
             return await run_in_threadpool(predict, current, names, files)
         table = await batcher.submit((names, files), len(files))
@@ -501,45 +462,30 @@ ROUTES = {"rows": _rows_route, "texts": _texts_route, "images": _images_route}
 
 # ---------------------------------------------------------------- micro-batching (serving/microbatch.py)
 
-def _rows_batch(current: Loaded):
+def _rows_batch(current: Loaded, items: list[np.ndarray]) -> list:
     """The joined call of tabular fast-path requests: their features (checked per request) in one ONNX Runtime call;
     a request whose outputs are not all finite gets None (the Predictor path then names its rows)."""
-    predictor = current.predictor
-
-    def run(items: list[np.ndarray]) -> list:
-        return joined(items, [len(x) for x in items],
-                      lambda xs: predictor.outputs(xs[0] if len(xs) == 1 else np.concatenate(xs)),
-                      lambda out, start, stop: out[start:stop],
-                      lambda part: part if np.isfinite(part).all() else None)
-
-    return run
+    return joined(items, [len(x) for x in items],
+                  lambda xs: current.predictor.outputs(xs[0] if len(xs) == 1 else np.concatenate(xs)),
+                  lambda out, start, stop: out[start:stop],
+                  lambda part: part if np.isfinite(part).all() else None)
 
 
-def _texts_batch(current: Loaded):
+def _texts_batch(current: Loaded, items: list[pd.DataFrame]) -> list:
     """Texts (one-column DataFrames) in one Predictor.predict: tokenized together, one ONNX Runtime call per
     predict_rows. The model masks padding, so a text's answer does not depend on the others (to float rounding)."""
-    predictor = current.predictor
-
-    def run(items: list[pd.DataFrame]) -> list:
-        return joined(items, [len(f) for f in items],
-                      lambda frames: predictor.predict(frames[0] if len(frames) == 1
-                                                       else pd.concat(frames, ignore_index=True), "the request"),
-                      _rows_of)
-
-    return run
+    return joined(items, [len(f) for f in items],
+                  lambda frames: current.predictor.predict(frames[0] if len(frames) == 1
+                                                           else pd.concat(frames, ignore_index=True), "the request"),
+                  _rows_of)
 
 
-def _images_batch(current: Loaded):
+def _images_batch(current: Loaded, items: list[tuple[list[str], list[bytes]]]) -> list:
     """Image files ((names, files) per request) in one predict_images."""
-    predictor = current.predictor
-
-    def run(items: list[tuple[list[str], list[bytes]]]) -> list:
-        return joined(items, [len(files) for _, files in items],
-                      lambda parts: predictor.predict_images([f for _, files in parts for f in files],
-                                                             names=[n for names, _ in parts for n in names]),
-                      _rows_of)
-
-    return run
+    return joined(items, [len(files) for _, files in items],
+                  lambda parts: current.predictor.predict_images([f for _, files in parts for f in files],
+                                                                 names=[n for names, _ in parts for n in names]),
+                  _rows_of)
 
 
 def _rows_of(table: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
@@ -605,15 +551,10 @@ def _validated(raw: bytes, content_type: str | None, model: type[BaseModel], ite
     return envelope.model_copy(update={items: validated})
 
 
+@functools.cache
 def _item_adapter(model: type[BaseModel], items: str) -> TypeAdapter:
     """A validator of a list of `model`'s `items` (list[Row], list[str | None]...), made once per model."""
-    key = (model, items)
-    if key not in _ADAPTERS:
-        _ADAPTERS[key] = TypeAdapter(model.model_fields[items].annotation)
-    return _ADAPTERS[key]
-
-
-_ADAPTERS: dict = {}
+    return TypeAdapter(model.model_fields[items].annotation)
 
 
 VALIDATION_CHUNK = 250  # items validated in one call (a few ms: the most the event loop waits for the GIL)
@@ -658,15 +599,6 @@ def _json_body(model: type[BaseModel]) -> dict:
         return node
 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
-
-
-def _fast_invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None) -> Response | None:
-    """/invocations of records on the fast path; None for a request it leaves to _invoke."""
-    try:
-        outputs = _fast(state, current, raw, content_type, "scoring")
-    except TorchyardError:  # _invoke answers it in MLflow's error shape
-        return None
-    return None if outputs is None else OrjsonResponse({"predictions": current.compiled.records(outputs)})
 
 
 def _invoke(state: _State, current: Loaded, raw: bytes, content_type: str | None) -> Response:
@@ -761,16 +693,16 @@ def _package_version() -> str:
 def _respond(current: Loaded, table: pd.DataFrame, metrics: ServingMetrics) -> Response:
     """The response, rendered here on the worker thread (PredictResponse documents it)."""
     metrics.predicted(current.ref.name, current.ref.version, len(table))
-    classes = current.predictor.classes
-    probabilities = table[[f"proba_{c}" for c in classes]].to_numpy() if classes and len(table) else None
-    predictions = []
-    for i, label in enumerate(table["prediction"].tolist()):
-        entry: dict[str, Any] = {"prediction": label}
-        if probabilities is not None:
-            entry["probabilities"] = {str(c): float(p) for c, p in zip(classes, probabilities[i])}
-        predictions.append(entry)
-    return OrjsonResponse({"predictions": predictions,
-                           "model": {"name": current.ref.name, "version": current.ref.version}})
+    classes, labels = current.predictor.classes, table["prediction"].tolist()
+    predictions: list[dict[str, Any]] = [{"prediction": label} for label in labels]
+    if classes and len(table):
+        for entry, row in zip(predictions, table[[f"proba_{c}" for c in classes]].to_numpy()):
+            entry["probabilities"] = {str(c): float(p) for c, p in zip(classes, row)}
+    return OrjsonResponse({"predictions": predictions, "model": _brief(current)})
+
+
+def _brief(current: Loaded) -> dict:
+    return {"name": current.ref.name, "version": current.ref.version}
 
 
 class OrjsonResponse(Response):
@@ -782,12 +714,10 @@ class OrjsonResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
-async def _read_images(request: Request, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
-    content_type = request.headers.get("content-type", "")
-    raw = await request.body()  # bounded by BodyLimit; parsed and checked on a worker thread
-    if content_type.startswith("multipart/form-data"):
-        return await run_in_threadpool(_uploaded_images, raw, content_type, settings)
-    return await run_in_threadpool(_decode_images, raw, settings)
+def _read_images(raw: bytes, content_type: str | None, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
+    if (content_type or "").startswith("multipart/form-data"):
+        return _uploaded_images(raw, content_type, settings)
+    return _decode_images(raw, settings)
 
 
 def _uploaded_images(raw: bytes, content_type: str, settings: ServeSettings) -> tuple[list[str], list[bytes]]:
@@ -869,9 +799,6 @@ def _error_handlers(app: FastAPI) -> None:
 def _scrubbed(message: str) -> str:
     """A message with this machine's absolute paths (the model file, the MLflow store) cut to their file names:
     error bodies go to whoever sent the request."""
-    import os
-    import re
-
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         message = message.replace(uri, "the MLflow store")

@@ -124,10 +124,7 @@ class Source:
     size: int = 0
 
     def chunks(self, chunk_rows: int):
-        if self.fmt == "parquet":
-            yield from self._parquet(chunk_rows)
-        else:
-            yield from self._csv(chunk_rows)
+        return (self._parquet if self.fmt == "parquet" else self._csv)(chunk_rows)
 
     def _parquet(self, chunk_rows: int):
         import pyarrow.parquet as pq
@@ -171,15 +168,11 @@ class Source:
 
     def _read_csv(self, sep: str, chunk_rows: int, **options):
         """pandas' chunked reader over the guarded bytes, with read_table's messages for what goes wrong."""
-        with self.path.open("rb", buffering=0) as raw:
-            guard = _LineGuard(raw, self.name, self.max_line_mb)
-            stream = io.BufferedReader(guard, buffer_size=_BLOCK)
-            with self._csv_errors():
-                reader = pd.read_csv(stream, sep=sep, chunksize=chunk_rows, encoding="utf-8-sig", **options)
-                with reader:
-                    for frame in reader:
-                        self.bytes_read = guard.consumed
-                        yield frame
+        with self._guarded() as (guard, stream):
+            with pd.read_csv(stream, sep=sep, chunksize=chunk_rows, encoding="utf-8-sig", **options) as reader:
+                for frame in reader:
+                    self.bytes_read = guard.consumed
+                    yield frame
 
     def _separator(self) -> str:
         with self.path.open("rb") as stream:
@@ -193,22 +186,23 @@ class Source:
         return sep
 
     def _header(self, sep: str) -> list[str]:
-        with self.path.open("rb") as raw:
-            with self._csv_errors():
-                stream = io.BufferedReader(_LineGuard(raw, self.name, self.max_line_mb), buffer_size=_BLOCK)
-                return [str(c) for c in pd.read_csv(stream, sep=sep, nrows=0, encoding="utf-8-sig").columns]
+        with self._guarded() as (_, stream):
+            return [str(c) for c in pd.read_csv(stream, sep=sep, nrows=0, encoding="utf-8-sig").columns]
 
     @contextmanager
-    def _csv_errors(self):
-        """pandas' CSV failures as the DataError read_table gives for the same file."""
-        try:
-            yield
-        except pd.errors.EmptyDataError as exc:
-            raise DataError(f"{self.name} has no header and no rows; expected a CSV table") from exc
-        except pd.errors.ParserError as exc:
-            raise DataError(f"{self.name} could not be parsed as CSV: {str(exc).strip()}") from exc
-        except UnicodeDecodeError as exc:
-            raise self._not_utf8() from exc
+    def _guarded(self):
+        """(the _LineGuard, a buffered stream over it) of the file, and pandas' CSV failures while it is read as the
+        DataError read_table gives for the same file."""
+        with self.path.open("rb", buffering=0) as raw:
+            guard = _LineGuard(raw, self.name, self.max_line_mb)
+            try:
+                yield guard, io.BufferedReader(guard, buffer_size=_BLOCK)
+            except pd.errors.EmptyDataError as exc:
+                raise DataError(f"{self.name} has no header and no rows; expected a CSV table") from exc
+            except pd.errors.ParserError as exc:
+                raise DataError(f"{self.name} could not be parsed as CSV: {str(exc).strip()}") from exc
+            except UnicodeDecodeError as exc:
+                raise self._not_utf8() from exc
 
     def _csv_types(self, sep: str, header: list[str], chunk_rows: int) -> dict:
         """The type reading the whole file gives each categorical column, from one pass over those columns: a

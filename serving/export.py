@@ -2,6 +2,7 @@
 import io
 import logging
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -93,17 +94,15 @@ def parity(onnx_bytes: bytes, model: torch.nn.Module, features: np.ndarray, tole
     return diff
 
 
-class _quiet:
+@contextmanager
+def _quiet(*names):
     """Silence chatty exporter loggers for the duration of an export."""
-
-    def __init__(self, *names):
-        self.loggers = [logging.getLogger(n) for n in names]
-
-    def __enter__(self):
-        self.levels = [lg.level for lg in self.loggers]
-        for lg in self.loggers:
-            lg.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        for lg, level in zip(self.loggers, self.levels):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
             lg.setLevel(level)

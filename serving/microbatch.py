@@ -19,6 +19,7 @@ thread (texts, images, large tables) or, for small tabular batches, on the event
 microseconds of ONNX Runtime, cheaper than the hop to a thread, as the fast path does without batching).
 """
 import asyncio
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -137,18 +138,14 @@ def joined(items: list, sizes: list[int], call: Callable[[list], Any], split: Ca
         except Exception:
             pass
         else:
-            results, start = [], 0
-            for size in sizes:
-                try:
-                    results.append(own(split(whole, start, start + size)))
-                except Exception as exc:
-                    results.append(exc)
-                start += size
-            return results
-    results = []
-    for item, size in zip(items, sizes):
-        try:
-            results.append(own(split(call([item]), 0, size)))
-        except Exception as exc:
-            results.append(exc)
-    return results
+            starts = itertools.accumulate(sizes, initial=0)
+            return [_result(lambda: own(split(whole, start, start + size))) for start, size in zip(starts, sizes)]
+    return [_result(lambda: own(split(call([item]), 0, size))) for item, size in zip(items, sizes)]
+
+
+def _result(function: Callable[[], Any]) -> Any:
+    """`function()`, or the exception it raised."""
+    try:
+        return function()
+    except Exception as exc:
+        return exc

@@ -6,7 +6,7 @@ handed to a `registry` object (tasks/registry.py, MLflow) that the caller passes
 neither MLflow nor Prefect and file models serve on a machine without them.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -27,8 +27,7 @@ class ModelRef:
     metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias,
-                "run_id": self.run_id, "metrics": self.metrics}
+        return {k: v for k, v in asdict(self).items() if k != "reference"}
 
 
 class Registry(Protocol):
