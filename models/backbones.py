@@ -40,7 +40,7 @@ class Backbone(FrozenNormsStayInEval, nn.Module):
         last = ARCHS[arch][1]
         width = network.get_submodule(last).in_features
         parent, _, name = last.rpartition(".")
-        setattr(network.get_submodule(parent) if parent else network, name, nn.Identity())
+        setattr(network.get_submodule(parent), name, nn.Identity())  # get_submodule("") is the network itself
         self.arch, self.in_channels = arch, in_channels
         self.features = network
         self.head = nn.Linear(width, output_size)
@@ -52,11 +52,6 @@ class Backbone(FrozenNormsStayInEval, nn.Module):
 
 
 # ---------------------------------------------------------------- weights
-
-def hub_checkpoints() -> Path:
-    """Where torch keeps downloaded weights: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
 
 def locate_weights(weights: str, arch: str) -> Path:
     """The local file behind model.weights: the path itself, or, for a torchvision weights enum name, its file in the
@@ -71,7 +66,8 @@ def locate_weights(weights: str, arch: str) -> Path:
     if belongs_to != arch:
         raise WeightsError(f"model.weights {weights} are weights of {belongs_to}, not of model.arch {arch}")
     enum = weights_enum(weights)
-    file = hub_checkpoints() / enum.url.rsplit("/", 1)[-1]
+    # where torch keeps downloaded weights: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints)
+    file = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     if not file.is_file():
         raise WeightsError(f"model.weights {weights}: {file} not found. Nothing is downloaded at run time: put the "
                            f"file there (published at {enum.url}), set TORCH_HOME to the folder whose "
@@ -81,20 +77,15 @@ def locate_weights(weights: str, arch: str) -> Path:
 
 def weights_enum(weights: str):
     """The torchvision weights enum member for a name ('ResNet18_Weights.IMAGENET1K_V1', '...DEFAULT')."""
-    from torchvision.models import get_weight
-
-    try:
-        return get_weight(weights)
-    except (ValueError, KeyError, AttributeError) as exc:
-        enum = weights.split(".", 1)[0]
-        raise WeightsError(f"model.weights {weights} is not a torchvision weights name; those of {enum}: "
-                           + ", ".join(_members(enum))) from exc
-
-
-def _members(enum: str) -> list[str]:
     from torchvision import models
 
-    return [f"{enum}.{m.name}" for m in getattr(models, enum, [])] + [f"{enum}.DEFAULT"]
+    try:
+        return models.get_weight(weights)
+    except (ValueError, KeyError, AttributeError) as exc:
+        enum = weights.split(".", 1)[0]
+        members = [f"{enum}.{m.name}" for m in getattr(models, enum, [])] + [f"{enum}.DEFAULT"]
+        raise WeightsError(f"model.weights {weights} is not a torchvision weights name; those of {enum}: "
+                           + ", ".join(members)) from exc
 
 
 def load_weights(network: Backbone, weights: str) -> Path:
@@ -113,17 +104,15 @@ def load_weights(network: Backbone, weights: str) -> Path:
     state = {k: v for k, v in state.items() if not k.startswith(head)}
     features = network.features
     if network.arch in PATCH_SIZES and "encoder.pos_embedding" in state:
-        wanted = features.encoder.pos_embedding.shape
-        if state["encoder.pos_embedding"].shape != wanted:
+        if state["encoder.pos_embedding"].shape != features.encoder.pos_embedding.shape:
             from torchvision.models.vision_transformer import interpolate_embeddings
 
             state = interpolate_embeddings(features.image_size, features.patch_size, state)
     missing, unexpected = features.load_state_dict(state, strict=False)
     if missing or unexpected:
-        shown = ", ".join((missing or unexpected)[:4])
-        raise WeightsError(f"model.weights {file} do not fit model.arch {network.arch}: "
-                           + (f"{len(missing)} missing key(s) ({shown})" if missing
-                              else f"{len(unexpected)} unexpected key(s) ({shown})"))
+        keys, kind = (missing, "missing") if missing else (unexpected, "unexpected")
+        raise WeightsError(f"model.weights {file} do not fit model.arch {network.arch}: {len(keys)} {kind} key(s) "
+                           f"({', '.join(keys[:4])})")
     return file
 
 

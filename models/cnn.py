@@ -12,7 +12,8 @@ class CNN(FrozenNormsStayInEval, nn.Module):
     """(Conv -> BatchNorm -> activation -> pool) x n_blocks, global average pooling, then fully connected layers.
 
     `features` (the conv blocks) and `head` (the classifier) are separate attributes, so transfer learning can keep
-    the one and replace the other; frozen BatchNorm layers stay in eval mode. Global pooling makes the network independent of the input size."""
+    the one and replace the other; frozen BatchNorm layers stay in eval mode. Global pooling makes the network
+    independent of the input size."""
 
     def __init__(self, in_channels: int, output_size: int, channels: list[int], kernel_size: int = 3,
                  stride: int = 1, padding: int | None = None, pool: str = "max", activation: str = "relu",
@@ -22,19 +23,14 @@ class CNN(FrozenNormsStayInEval, nn.Module):
         blocks, width = [], in_channels
         for out in channels:
             blocks.append(nn.Conv2d(width, out, kernel_size, stride=stride, padding=padding, bias=not batch_norm))
-            if batch_norm:
-                blocks.append(nn.BatchNorm2d(out))
-            blocks.append(ACTIVATIONS[activation]())
-            if pool != "none":
-                blocks.append(POOLS[pool](2, ceil_mode=True))
+            blocks += ([nn.BatchNorm2d(out)] if batch_norm else []) + [ACTIVATIONS[activation]()]
+            blocks += [POOLS[pool](2, ceil_mode=True)] if pool != "none" else []
             width = out
         blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*blocks)
-        head = [nn.Linear(width, hidden_size), ACTIVATIONS[activation]()]
-        if dropout > 0:
-            head.append(nn.Dropout(dropout))
-        head.append(nn.Linear(hidden_size, output_size))
-        self.head = nn.Sequential(*head)
+        dropouts = [nn.Dropout(dropout)] if dropout > 0 else []
+        self.head = nn.Sequential(nn.Linear(width, hidden_size), ACTIVATIONS[activation](), *dropouts,
+                                  nn.Linear(hidden_size, output_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))

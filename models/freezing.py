@@ -17,22 +17,16 @@ def set_features_trainable(network: nn.Module, trainable: bool) -> None:
         network.train()
 
 
-def keep_frozen_norms_in_eval(network: nn.Module) -> None:
-    """BatchNorm layers whose parameters are all frozen go back to eval mode, so that training neither updates their
-    running statistics nor normalises with batch statistics: a frozen pretrained layer computes what it did when it
-    was trained. Called from a network's train()."""
-    for module in network.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            parameters = list(module.parameters(recurse=False))
-            if parameters and not any(p.requires_grad for p in parameters):
-                module.eval()
-
-
 class FrozenNormsStayInEval:
-    """Mixin for an nn.Module: train() leaves frozen BatchNorm layers in eval mode (keep_frozen_norms_in_eval)."""
+    """Mixin for an nn.Module: train() leaves BatchNorm layers whose parameters are all frozen in eval mode, so that
+    training neither updates their running statistics nor normalises with batch statistics: a frozen pretrained
+    layer computes what it did when it was trained."""
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode:
-            keep_frozen_norms_in_eval(self)
+        for module in self.modules() if mode else ():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                parameters = list(module.parameters(recurse=False))
+                if parameters and not any(p.requires_grad for p in parameters):
+                    module.eval()
         return self

@@ -21,6 +21,7 @@ import os
 import torch
 from torch import nn
 
+from models.text import masked_mean
 from preprocessing.hf_text import HFModelError, hf_folder, offline  # noqa: F401 - HFModelError raised from here too
 
 POOLINGS = ("mean", "cls")
@@ -86,9 +87,5 @@ class HFTextNet(nn.Module):
         mask = ids != 0
         input_ids = torch.where(mask, ids - 1, torch.full_like(ids, self.pad_id))
         hidden = self.features(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        pooled = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, mask)
         return self.head(self.dropout(pooled))

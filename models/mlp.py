@@ -31,12 +31,8 @@ class MLP(nn.Module):
             raise ValueError(f"numeric_embedding {numeric_embedding!r} must be 'none' or 'periodic'")
         blocks = []
         for _ in range(n_layers - 1):
-            blocks.append(nn.Linear(width, hidden_size))
-            if batch_norm:
-                blocks.append(nn.BatchNorm1d(hidden_size))
-            blocks.append(ACTIVATIONS[activation]())
-            if dropout > 0:
-                blocks.append(nn.Dropout(dropout))
+            blocks += [nn.Linear(width, hidden_size)] + ([nn.BatchNorm1d(hidden_size)] if batch_norm else [])
+            blocks += [ACTIVATIONS[activation]()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
             width = hidden_size
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(width, output_size)

@@ -79,10 +79,7 @@ def tabular(train_features: np.ndarray, train_targets: np.ndarray, test_features
     """HistGradientBoosting with its defaults on the preprocessed features (imputed, scaled, one-hot)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    if target.regression:
-        model = HistGradientBoostingRegressor(random_state=seed)
-    else:
-        model = HistGradientBoostingClassifier(random_state=seed)
+    model = (HistGradientBoostingRegressor if target.regression else HistGradientBoostingClassifier)(random_state=seed)
     return _fit(model, type(model).__name__, train_features, train_targets, test_features, target)
 
 
@@ -124,9 +121,5 @@ def image(train_images: np.ndarray, train_targets: np.ndarray, test_images: np.n
 def margins(metrics: dict, baseline_metrics: dict) -> dict:
     """margin_<metric>: how much better the network is than the baseline on each test metric (positive = better;
     for errors such as test_mse, the baseline's value minus the network's)."""
-    out = {}
-    for name, value in metrics.items():
-        theirs = baseline_metrics.get(f"baseline_{name}")
-        if theirs is not None:
-            out[f"margin_{name}"] = improvement(value, theirs, name)
-    return out
+    return {f"margin_{name}": improvement(value, theirs, name) for name, value in metrics.items()
+            if (theirs := baseline_metrics.get(f"baseline_{name}")) is not None}

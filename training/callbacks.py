@@ -10,7 +10,11 @@ from pathlib import Path
 
 import torch
 
+from models.freezing import set_features_trainable
 from training.metrics import resolve_mode
+
+_LOGGER = logging.getLogger("torchyard.training")  # where callbacks log when given no `log`
+
 
 class Callback:
     state_key: str | None = None
@@ -70,7 +74,7 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, dirpath: str | os.PathLike, log=None, write: bool = True):
         self.path = Path(dirpath) / "last.ckpt"
-        self.log = log or logging.getLogger("torchyard.training").info
+        self.log = log or _LOGGER.info
         self.write = write  # data-parallel training: every process resumes, only rank 0 writes
         self.resumed_from: int | None = None
 
@@ -96,29 +100,23 @@ class UnfreezeFeatures(Callback):
 
     def __init__(self, after: int, log=None):
         self.after = after
-        self.log = log or logging.getLogger("torchyard.training").info
+        self.log = log or _LOGGER.info
 
     def on_fit_start(self, trainer):
         if trainer.epoch >= self.after:
-            self._unfreeze(trainer)
+            set_features_trainable(trainer.model, True)
 
     def on_epoch_end(self, trainer, metrics):
         if metrics["epoch"] == self.after:
-            self._unfreeze(trainer)
+            set_features_trainable(trainer.model, True)
             self.log(f"feature layers unfrozen after epoch {self.after}")
-
-    @staticmethod
-    def _unfreeze(trainer):
-        from models.freezing import set_features_trainable
-
-        set_features_trainable(trainer.model, True)
 
 
 class EpochSummary(Callback):
     """One line per epoch: the metrics and the learning rate."""
 
     def __init__(self, log=None):
-        self.log = log or logging.getLogger("torchyard.training").info
+        self.log = log or _LOGGER.info
 
     def on_epoch_end(self, trainer, metrics):
         parts = [f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"]
@@ -129,5 +127,3 @@ class EpochSummary(Callback):
             if isinstance(callback, EarlyStopping) and callback.best is not None:
                 self.log(f"best {callback.monitor} {callback.best:.4g} at epoch {callback.best_epoch}"
                          + (" (stopped early)" if trainer.should_stop else ""))
-
-

@@ -22,18 +22,14 @@ class SchedulerConfig(_Section):
     name: Literal[("auto",) + SCHEDULERS] = Field(
         "auto", description="auto: ReduceLROnPlateau for classification, 5-epoch warm-up + cosine LambdaLR for "
         "regression; any capitalisation, or lambda/step/multistep/exponential/cosine/plateau.")
-    # LambdaLR, expressed in config: linear warm-up for warmup_epochs, then decay to final_factor x lr.
     warmup_epochs: int = Field(0, ge=0, description="LambdaLR: epochs of linear warm-up.")
     decay: Literal["linear", "cosine", "constant"] = Field("linear", description="LambdaLR: after the warm-up.")
     final_factor: float = Field(0.0, ge=0, description="LambdaLR: the rate at the end, as a share of lr.")
-    # StepLR / MultiStepLR / ExponentialLR
     step_size: int = Field(10, ge=1, description="StepLR: epochs between drops.")
     milestones: list[int] = Field(default_factory=lambda: [10, 20], description="MultiStepLR: epochs of the drops.")
     gamma: float = Field(0.1, gt=0, description="StepLR/MultiStepLR/ExponentialLR: factor per drop.")
-    # CosineAnnealingLR (t_max defaults to n_epochs)
     t_max: int | None = Field(None, ge=1, description="CosineAnnealingLR: period in epochs (default n_epochs).")
     eta_min: float = Field(0.0, ge=0, description="CosineAnnealingLR: the lowest rate.")
-    # ReduceLROnPlateau (watches early_stopping.monitor)
     factor: float = Field(0.1, gt=0, lt=1, description="ReduceLROnPlateau: factor per drop.")
     patience: int = Field(3, ge=0, description="ReduceLROnPlateau: epochs without improvement before a drop.")
 
@@ -48,7 +44,6 @@ class SchedulerConfig(_Section):
     @field_validator("name", mode="before")
     @classmethod
     def _canonical_name(cls, value):
-        """Accept any capitalisation (steplr, cosineannealinglr) and the short names lambda/step/cosine/plateau."""
         if not isinstance(value, str):
             return value
         aliases = {s.lower(): s for s in ("auto",) + SCHEDULERS} | {

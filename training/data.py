@@ -5,7 +5,7 @@ TensorData serves tables held in memory: batches are sliced from a shuffled inde
 per-sample DataLoader, which is several times faster for tabular data (see FIELD-NOTES). Image sources, which
 decode and augment in worker processes, live in preprocessing/image_loader.py and follow the same protocol.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ class TensorData:
         return len(self.targets)
 
     def to(self, device) -> "TensorData":
-        return TensorData(self.features.to(device), self.targets.to(device), self.batch_size)
+        return replace(self, features=self.features.to(device), targets=self.targets.to(device))
 
     def epoch(self, generator: torch.Generator):
         order = torch.randperm(len(self), generator=generator).to(self.features.device)
@@ -46,9 +46,6 @@ class TokenData(TensorData):
     """Token ids [n, max_len] (0-padded at the end) and targets; each batch is cut to its longest text, so a batch
     of short texts costs little even when max_len is large."""
 
-    def to(self, device) -> "TokenData":
-        return TokenData(self.features.to(device), self.targets.to(device), self.batch_size)
-
     @staticmethod
     def _cut(ids: torch.Tensor) -> torch.Tensor:
         used = int((ids != 0).sum(1).max()) if len(ids) else 1
@@ -64,19 +61,15 @@ class TokenData(TensorData):
             yield self._cut(self.features[start:start + step]), self.targets[start:start + step]
 
 
+@dataclass
 class ShardedTensorData(TensorData):
     """One process's part of a data-parallel epoch: every process draws the same global order (same generator
     state), and each global batch of `batch_size` rows is split across the `world` processes (rank r takes rows
     r, r + world, ...), so the union of one step's shards is the batch a single process would have drawn."""
 
-    def __init__(self, features, targets, batch_size: int, rank: int, world: int):
-        super().__init__(features, targets, batch_size)
-        self.rank, self.world = rank, world
-        self.local_rows = 0  # rows this process trained on in the last epoch
-
-    def to(self, device) -> "ShardedTensorData":
-        return ShardedTensorData(self.features.to(device), self.targets.to(device), self.batch_size, self.rank,
-                                 self.world)
+    rank: int = 0
+    world: int = 1
+    local_rows: int = field(default=0, init=False)  # rows this process trained on in the last epoch
 
     def epoch(self, generator: torch.Generator):
         order = torch.randperm(len(self), generator=generator).to(self.features.device)
@@ -128,8 +121,7 @@ class StreamedData:
             blocks = [self._block(starts[b], starts[b] + self.block_rows) for b in order[group:group + per_buffer]]
             if rest_x is not None:
                 blocks.insert(0, (rest_x, rest_y))
-            features = torch.cat([x for x, _ in blocks])
-            targets = torch.cat([y for _, y in blocks])
+            features, targets = (torch.cat(part) for part in zip(*blocks))
             del blocks
             shuffle = torch.randperm(len(targets), generator=generator)
             features, targets = features[shuffle], targets[shuffle]

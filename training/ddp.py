@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,19 +72,14 @@ def run(job: dict) -> list[dict]:
     try:
         config = TrainerConfig(**job["train"]).for_task(job["task"])  # a job written by hand may leave them out
         arrays = np.load(job["arrays"])
-        token_ids = "train_ids" in arrays.files
-        kind = "ids" if token_ids else "features"
+        kind, val_class = ("ids", TokenData) if "train_ids" in arrays.files else ("features", TensorData)
         train = ShardedTensorData(torch.from_numpy(arrays[f"train_{kind}"]), torch.from_numpy(arrays["train_targets"]),
                                   config.batch_size, rank, world)
-        val_class = TokenData if token_ids else TensorData
         val = val_class(torch.from_numpy(arrays[f"val_{kind}"]), torch.from_numpy(arrays["val_targets"]),
                         config.batch_size)
         log = (lambda line: print(line, flush=True)) if rank == 0 else None
         callbacks = fit.callbacks_for(config, job["checkpoint_dir"], log, write_checkpoints=rank == 0)
-
-        def wrap(network):
-            return DistributedDataParallel(network, device_ids=[local_rank] if cuda else None)
-
+        wrap = partial(DistributedDataParallel, device_ids=[local_rank] if cuda else None)
         trainer, _ = fit.build_trainer(ModelConfig(**job["model"]), config, task=job["task"],
                                        n_classes=job["n_classes"], input_size=job["input_size"], seed=job["seed"],
                                        device=device, callbacks=callbacks, wrap=wrap,

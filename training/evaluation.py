@@ -24,23 +24,29 @@ def test_metrics(task: str, served: torch.Tensor, targets: torch.Tensor) -> dict
                 "test_r2": float(metrics.r2_score(truth, values))}
     scores = served.double().numpy()
     truth = targets.numpy().astype(np.int64)
-    if scores.shape[1] == 2:
-        positive = scores[:, 1]
-        predicted = (positive > 0.5).astype(np.int64)
-        auroc = metrics.roc_auc_score(truth, positive) if len(np.unique(truth)) == 2 else float("nan")
-        return {"test_accuracy": float(metrics.accuracy_score(truth, predicted)),
-                "test_f1": float(metrics.f1_score(truth, predicted, zero_division=0)),
-                "test_auroc": float(auroc)}
-    predicted = scores.argmax(axis=1)
-    return {"test_accuracy": float(metrics.accuracy_score(truth, predicted)),
-            "test_f1": float(metrics.f1_score(truth, predicted, average="macro", zero_division=0))}
+    binary = scores.shape[1] == 2
+    predicted = (scores[:, 1] > 0.5).astype(np.int64) if binary else scores.argmax(axis=1)
+    out = {"test_accuracy": float(metrics.accuracy_score(truth, predicted)),
+           "test_f1": float(metrics.f1_score(truth, predicted, average="binary" if binary else "macro",
+                                             zero_division=0))}
+    if binary:
+        both = len(np.unique(truth)) == 2
+        out["test_auroc"] = float(metrics.roc_auc_score(truth, scores[:, 1])) if both else float("nan")
+    return out
 
 
-def confusion_matrix(served: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    """Counts [true class, predicted class] over all the model's classes."""
+def confusion_matrix(served: torch.Tensor, targets: torch.Tensor, shown: np.ndarray | None = None) -> np.ndarray:
+    """Counts [true class, predicted class] over all the model's classes, or over the classes `shown` only (rows
+    whose true or predicted class is not shown are left out)."""
     n = int(served.shape[1])
+    shown = np.arange(n) if shown is None else shown
     predicted = served.argmax(dim=1).numpy().astype(np.int64)
-    return np.bincount(targets.numpy().astype(np.int64) * n + predicted, minlength=n * n).reshape(n, n)
+    truth = targets.numpy().astype(np.int64)
+    position = np.full(n, -1, dtype=np.int64)
+    position[shown] = np.arange(len(shown))
+    keep = (position[truth] >= 0) & (position[predicted] >= 0)
+    k = len(shown)
+    return np.bincount(position[truth[keep]] * k + position[predicted[keep]], minlength=k * k).reshape(k, k)
 
 
 PLOT_CLASSES = 30  # a confusion matrix plot shows at most this many classes (the most frequent in the test split)
@@ -55,30 +61,23 @@ def confusion_artifacts(served: torch.Tensor, targets: torch.Tensor, classes: li
     are computed with bincount over those classes only (a full matrix of 10,000 classes would be 800 MB).
     Returns what was drawn: classes, classes_plotted, csv (written or not)."""
     n = int(served.shape[1])
-    predicted = served.argmax(dim=1).numpy().astype(np.int64)
-    truth = targets.numpy().astype(np.int64)
-    support = np.bincount(truth, minlength=n)
     if n <= PLOT_CLASSES:
         shown = np.arange(n)
         title = "confusion matrix (test split)"
     else:  # most frequent first, ties by class order
+        support = np.bincount(targets.numpy().astype(np.int64), minlength=n)
         shown = np.sort(np.argsort(-support, kind="stable")[:PLOT_CLASSES])
         title = f"confusion matrix (test split): the {PLOT_CLASSES} most frequent of {n} classes"
-    position = np.full(n, -1, dtype=np.int64)
-    position[shown] = np.arange(len(shown))
-    keep = (position[truth] >= 0) & (position[predicted] >= 0)
-    k = len(shown)
-    matrix = np.bincount(position[truth[keep]] * k + position[predicted[keep]], minlength=k * k).reshape(k, k)
+    matrix = confusion_matrix(served, targets, shown)
     plot_confusion_matrix(matrix, [classes[i] for i in shown], png, title=title)
-    written = False
-    if csv is not None and n <= CSV_CLASSES:
+    written = csv is not None and n <= CSV_CLASSES
+    if written:
         import pandas as pd
 
-        full = confusion_matrix(served, targets)
         labels = [str(c) for c in classes]
-        pd.DataFrame(full, index=pd.Index(labels, name="true / predicted"), columns=labels).to_csv(csv)
-        written = True
-    return {"classes": n, "classes_plotted": k, "csv": written}
+        pd.DataFrame(confusion_matrix(served, targets), index=pd.Index(labels, name="true / predicted"),
+                     columns=labels).to_csv(csv)
+    return {"classes": n, "classes_plotted": len(shown), "csv": written}
 
 
 MIN_TEST_ROWS_PER_CLASS = 5
@@ -103,13 +102,11 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list, path, title: str = 
     ax.set_xticks(range(n), labels, rotation=45 if n <= LABELLED_CLASSES else 90, ha="right",
                   fontsize=None if n <= LABELLED_CLASSES else 7)
     ax.set_yticks(range(n), labels, fontsize=None if n <= LABELLED_CLASSES else 7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= LABELLED_CLASSES:
         threshold = matrix.max() / 2 if matrix.size else 0
         for (i, j), count in np.ndenumerate(matrix):
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
-    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -126,9 +123,7 @@ def plot_predicted_vs_true(predicted: np.ndarray, truth: np.ndarray, path) -> No
     ax.scatter(truth, predicted, s=10, alpha=0.6)
     low, high = float(min(truth.min(), predicted.min())), float(max(truth.max(), predicted.max()))
     ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("true")
-    ax.set_ylabel("predicted")
-    ax.set_title("predicted vs true (test split)")
+    ax.set(xlabel="true", ylabel="predicted", title="predicted vs true (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

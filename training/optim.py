@@ -7,6 +7,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from training.config import SchedulerConfig, TrainerConfig
+from training.metrics import resolve_mode
 
 # Multiply-adds per training step below which one CPU thread is fastest. Measured on the 2-core machine with an
 # MLP, batch 256: at 1.6M (hidden 64) 1 thread 0.6 ms against 2 threads 1.2-7.3 ms, at 69M (hidden 512) 10 ms against
@@ -17,11 +18,10 @@ _REUSED_WEIGHTS = (nn.modules.conv._ConvNd, nn.RNNBase, nn.MultiheadAttention, n
 
 
 def build_optimizer(params, config: TrainerConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class WarmupDecay:
@@ -84,7 +84,6 @@ def make_trainer(network, objective, config: TrainerConfig, seed: int, device, c
                  backbone_lr_mult: float = 1.0, keep_frozen: bool = False):
     """Optimizer (trainable parameters only, unless `keep_frozen`; the feature layers at lr x backbone_lr_mult) and
     scheduler from config (its task defaults made for the objective's task), wired into a Trainer (or a subclass)."""
-    from training.callbacks import resolve_mode
     from training.trainer import Trainer
 
     config = config.for_task(objective.task)
