@@ -14,18 +14,16 @@ ids its encoder was trained on, with neither the folder nor transformers.
 Ids are written as torchyard's token tensor: 0 = padding, tokenizer id + 1 elsewhere (models/hf_text.py undoes the
 shift and takes the mask from the zeros), each text cut to max_len tokens, special tokens included.
 """
+import functools
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from preprocessing.config import TextConfig
 from preprocessing.errors import DataError, TorchyardError
-from preprocessing.targets import TargetCodec
-from preprocessing.text import max_len_for
+from preprocessing.text import TextCodec, max_len_for
 
 PIPELINE = "hf-tokenizer/1"
 
@@ -109,9 +107,8 @@ def tokenizer_of_model(reference: str, registry=None) -> dict:
 
 def fit(train_texts, target: dict, config: TextConfig, registry=None) -> tuple[dict, np.ndarray]:
     """The state HFTokenTransform applies (the tokenizer and max_len: text.max_len, or the max_len_percentile of
-    the train texts' lengths, capped by max_len_cap and the model's max positions) and the encoded train texts.
-    text.hf_tokenizer is a Hugging Face folder, or a torchyard model whose own tokenizer is kept
-    (is_model_reference)."""
+    the train texts' lengths, capped by max_len_cap and the model's max positions) and the encoded train texts;
+    text.hf_tokenizer is a Hugging Face folder, or a torchyard model whose own tokenizer is kept."""
     source = config.hf_tokenizer
     if is_model_reference(source):
         pretrained = tokenizer_of_model(source, registry)
@@ -153,7 +150,7 @@ def _check_same_ids(transform: "HFTokenTransform", tokenizer, texts, folder, n: 
                                f"{theirs[:8]}...)")
 
 
-class HFTokenTransform(TargetCodec):
+class HFTokenTransform(TextCodec):
     """Applies a fitted hf state: raw texts -> int64 [batch, tokens] (0 = padding, tokenizer id + 1), outputs ->
     labels. Needs the `tokenizers` library only."""
 
@@ -165,18 +162,16 @@ class HFTokenTransform(TargetCodec):
         self.config = TextConfig(**state["config"])
         self.max_len: int = state["max_len"]
         self.vocab_size: int = state["vocab_size"]
-        self._tokenizer = None
+        self._truncating = True
 
-    @property
+    @functools.cached_property
     def tokenizer(self):
-        if self._tokenizer is None:
-            from tokenizers import Tokenizer
+        from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_str(self.state["tokenizer"])
-            tokenizer.no_padding()  # padding is ours (zeros)
-            tokenizer.enable_truncation(self.max_len)
-            self._tokenizer, self._truncating = tokenizer, True
-        return self._tokenizer
+        tokenizer = Tokenizer.from_str(self.state["tokenizer"])
+        tokenizer.no_padding()  # padding is ours (zeros)
+        tokenizer.enable_truncation(self.max_len)
+        return tokenizer
 
     def token_ids(self, texts, truncate: bool = True) -> list[list[int]]:
         """The tokenizer's ids of each text, with its special tokens; cut to max_len unless not `truncate`."""
@@ -195,18 +190,6 @@ class HFTokenTransform(TargetCodec):
         for row, values in enumerate(ids):
             out[row, :len(values)] = np.asarray(values, dtype=np.int64) + 1
         return out
-
-    def texts(self, frame: pd.DataFrame, name: str = "input") -> pd.Series:
-        column = self.config.text_column
-        if column not in frame.columns:
-            raise DataError(f"{name} has no text column '{column}' (the model was trained on it); columns are: "
-                            + ", ".join(f"'{c}'" for c in frame.columns))
-        return frame[column].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-
-    def features(self, frame: pd.DataFrame, name: str = "input") -> np.ndarray:
-        from preprocessing.text import trim
-
-        return trim(self.encode(self.texts(frame, name)))
 
     def describe(self) -> dict:
         return {"text_column": self.config.text_column,

@@ -26,8 +26,6 @@ from preprocessing.targets import Target, TargetCodec
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
 DECODE_CHUNK = 512  # files per task when decoding runs on Dask
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's limit (~89 MP, 268 MB as RGB); the bound of one decode
 
@@ -156,16 +154,11 @@ def fingerprint_files(listing: pd.DataFrame, root: Path, label_column: str) -> s
 def load_image(source: str | Path | bytes, channels: int, size: int) -> np.ndarray:
     """Decode one file (a path, or its bytes) to uint8 [size, size, channels]: shorter side resized to `size`,
     then center-cropped. Raises ValueError with a short reason for a file that is not a readable image."""
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise ValueError("empty file (0 bytes)")
-        handle = io.BytesIO(source)
-    else:
-        handle = Path(source)
-        if handle.stat().st_size == 0:
-            raise ValueError("empty file (0 bytes)")
+    data = isinstance(source, (bytes, bytearray))
+    if (len(source) if data else Path(source).stat().st_size) == 0:
+        raise ValueError("empty file (0 bytes)")
     try:
-        with Image.open(handle) as image:  # reads the header only
+        with Image.open(io.BytesIO(source) if data else Path(source)) as image:  # reads the header only
             if image.width * image.height > MAX_PIXELS:  # checked before decoding: a small file can declare GBs
                 raise ValueError(f"declares {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} "
                                  "decoded per file (PIL.Image.MAX_IMAGE_PIXELS)")
@@ -217,8 +210,7 @@ def decode_all(paths: list[str], channels: int, size: int, workers: int = 0,
             results = list(pool.map(lambda p: decode_files([p], channels, size)[0], paths))
     bad = [{"row": i, "path": p, "reason": reason} for i, (p, (_, reason)) in enumerate(zip(paths, results)) if reason]
     good = [image for image, _ in results if image is not None]
-    array = np.stack(good) if good else np.zeros((0, size, size, channels), dtype=np.uint8)
-    return array, bad
+    return (np.stack(good) if good else np.zeros((0, size, size, channels), dtype=np.uint8)), bad
 
 
 # ---------------------------------------------------------------- pipelines
@@ -325,22 +317,15 @@ class ImageTransform(TargetCodec):
         self.std = torch.tensor(state["std"], dtype=torch.float32).view(1, -1, 1, 1)
         self._affine_cache = {}
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.config.channels, self.config.image_size, self.config.image_size
-
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (on any device) -> normalised float32 NCHW on the same device."""
         x = batch.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         if self.config.local_contrast:
             return local_contrast_normalize(x.div_(255))  # mean 0, std 1 by construction
-        scale, shift = self._affine(x.device)
+        if x.device not in self._affine_cache:
+            self._affine_cache[x.device] = ((1 / (255 * self.std)).to(x.device), (-self.mean / self.std).to(x.device))
+        scale, shift = self._affine_cache[x.device]
         return torch.addcmul(shift, x, scale)  # (x / 255 - mean) / std in one pass
-
-    def _affine(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._affine_cache:
-            self._affine_cache[device] = ((1 / (255 * self.std)).to(device), (-self.mean / self.std).to(device))
-        return self._affine_cache[device]
 
     def eval_crop(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.eval(image=im)["image"] for im in images]) if len(images) else images
@@ -354,8 +339,7 @@ class ImageTransform(TargetCodec):
                 images.append(load_image(path, self.config.channels, self.config.cache_size))
             except (ValueError, OSError) as exc:
                 raise DataError(f"cannot read image {names[i] if names else path}: {exc}") from exc
-        cropped = self.eval_crop(np.stack(images))
-        return self.normalize(torch.from_numpy(cropped)).numpy()
+        return self.normalize(torch.from_numpy(self.eval_crop(np.stack(images)))).numpy()
 
 
 def cache_path(cache_root: Path, fingerprint: str, config: ImageConfig) -> Path:

@@ -26,8 +26,6 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet", ".pq": "parquet",
     ".json": "json", ".jsonl": "json", ".ndjson": "json",
 }
-
-
 MAX_FILE_MB, MAX_LINE_MB = 2048, 64  # data.max_file_mb, data.max_line_mb
 DELIMITERS = (";", "\t", "|")  # tried when a CSV's header has no comma
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -55,20 +53,19 @@ def read_table(source: str, fmt: str = "auto", timeout: float = 30.0, encoding_e
         from preprocessing.samples import reviews
 
         return reviews()
-    name = source
     limit = max_file_mb * 2**20
     remote = is_url(source) and urlparse(source).scheme != "file"
     raw = fetch(source, timeout, limit) if remote else _read_local(source, limit)
     if not raw:
-        raise DataError(f"{name} is empty (0 bytes); expected a CSV, Parquet or JSON-lines table")
-    fmt = guess_format(name, raw) if fmt == "auto" else fmt
+        raise DataError(f"{source} is empty (0 bytes); expected a CSV, Parquet or JSON-lines table")
+    fmt = guess_format(source, raw) if fmt == "auto" else fmt
     if fmt != "parquet":
-        _check_lines(name, raw, max_line_mb)
-    frame = _parse(name, raw, fmt, encoding_errors)
+        _check_lines(source, raw, max_line_mb)
+    frame = _parse(source, raw, fmt, encoding_errors)
     if len(frame.columns) == 0:
-        raise DataError(f"{name} has no columns; expected a header row naming the columns")
+        raise DataError(f"{source} has no columns; expected a header row naming the columns")
     if len(frame) == 0:
-        raise DataError(f"{name} has a header but no data rows")
+        raise DataError(f"{source} has a header but no data rows")
     return frame
 
 
@@ -84,8 +81,7 @@ def _check_lines(name: str, raw: bytes, max_line_mb: int, block: int = 64 * 2**2
     data = np.frombuffer(raw, dtype=np.uint8)
     for offset in range(0, len(data), block):
         ends = np.flatnonzero(data[offset:offset + block] == 10) + offset
-        bounds = np.concatenate(([start], ends + 1))
-        lengths = np.diff(bounds)
+        lengths = np.diff(np.concatenate(([start], ends + 1)))
         if len(lengths) and lengths.max() > longest:
             longest, at = int(lengths.max()), line + int(lengths.argmax())
         if len(ends):
@@ -180,20 +176,15 @@ def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> p
             return pd.read_parquet(io.BytesIO(raw))
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
             raise DataError(f"{name} could not be read as Parquet: {exc}") from exc
-    if raw[:2] in UTF16_BOMS:  # Excel's "Unicode text" and PowerShell write UTF-16 with a byte-order mark
-        try:
-            frame = _parse_text(name, raw.decode("utf-16"), fmt)
-        except UnicodeDecodeError as exc:
+    utf16, replaced = raw[:2] in UTF16_BOMS, 0  # Excel's "Unicode text" and PowerShell write UTF-16 with a BOM
+    if not utf16:
+        refuse_binary(name, raw, fmt)
+    try:
+        text = raw.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if utf16:
             raise DataError(f"{name} starts like UTF-16 text but byte {exc.start} is not; re-save it as "
                             "UTF-8") from exc
-        frame.attrs["replaced_characters"] = 0
-        frame.attrs.setdefault("warnings", []).append(f"{name} was read as UTF-16 (it has a UTF-16 byte-order mark)")
-        return frame
-    refuse_binary(name, raw, fmt)
-    replaced = 0
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
         if encoding_errors != "replace":
             line = raw[: exc.start].count(b"\n") + 1
             row = f" (data row {line - 1})" if fmt == "csv" and line > 1 else ""
@@ -203,6 +194,8 @@ def _parse(name: str, raw: bytes, fmt: str, encoding_errors: str = "error") -> p
         replaced = text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
     frame = _parse_text(name, text, fmt)
     frame.attrs["replaced_characters"] = replaced
+    if utf16:
+        frame.attrs.setdefault("warnings", []).append(f"{name} was read as UTF-16 (it has a UTF-16 byte-order mark)")
     return frame
 
 
@@ -257,8 +250,7 @@ def dataset_name(source: str) -> str:
         return source[len(SAMPLE_PREFIX):]
     if source == TEXT_SAMPLE:
         return "reviews"
-    stem = Path(urlparse(source).path).name.split(".")[0]
-    return stem or "dataset"
+    return Path(urlparse(source).path).name.split(".")[0] or "dataset"
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

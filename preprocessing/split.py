@@ -19,9 +19,7 @@ def split_indices(target: pd.Series, task: str, fractions: SplitConfig, seed: in
     parts = {name: [] for name in SPLITS}
     for rows in groups:
         rows = rng.permutation(rows)
-        n = len(rows)
-        n_val = max(1, round(n * fractions.val))
-        n_test = max(1, round(n * fractions.test))
+        n_val, n_test = (max(1, round(len(rows) * share)) for share in (fractions.val, fractions.test))
         parts["val"].append(rows[:n_val])
         parts["test"].append(rows[n_val:n_val + n_test])
         parts["train"].append(rows[n_val + n_test:])

@@ -42,9 +42,7 @@ def check_ranges(frame: pd.DataFrame, schema: TableSchema, name: str, first_row:
     """check_float32 on the numeric feature columns of raw rows (and on a regression target), so that training
     stops at validation naming the file's data row; nulls are fine (they are imputed or dropped)."""
     columns = list(schema.numeric) + ([schema.target] if schema.task == "regression" else [])
-    for column in columns:
-        if column not in frame.columns:
-            continue
+    for column in [c for c in columns if c in frame.columns]:
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         values = np.where(np.isnan(values), 0.0, values)  # nulls (and text, which validation reports) pass here
         check_float32(values, column, name, frame[column], first_row + row_numbers(frame))
@@ -83,9 +81,7 @@ class TabularFit:
         if self.config.missing == "drop_rows":
             frame = frame.dropna(subset=self.features)
         self.rows += len(frame)
-        for column, summary in self.numeric.items():
-            summary.update(frame[column])
-        for column, summary in self.categorical.items():
+        for column, summary in {**self.numeric, **self.categorical}.items():
             summary.update(frame[column])
         if self.target is not None:
             self.target.update(frame[self.schema.target])
@@ -125,13 +121,8 @@ class TabularFit:
 
 
 def _numeric_state(summary: NumericSummary, name: str, config: TabularConfig) -> dict:
-    fill = config.fill_value
-    if summary.count and config.numeric_impute == "mean":
-        fill = summary.mean
-    elif summary.count and config.numeric_impute == "median":
-        fill = summary.quantile(0.5)
-    elif summary.count and config.numeric_impute == "most_frequent":
-        fill = summary.mode()
+    impute = {"mean": lambda: summary.mean, "median": lambda: summary.quantile(0.5), "most_frequent": summary.mode}
+    fill = impute[config.numeric_impute]() if summary.count and config.numeric_impute in impute else config.fill_value
     if not summary.count:  # an all-null training column: centred on its fill value
         center, scale = (0.0, 1.0) if config.scaler == "none" else (fill, 1.0)
     elif config.scaler == "standard":
@@ -228,9 +219,8 @@ class TabularTransform(TargetCodec):
 
     def describe(self) -> dict:
         """Flat parameters worth logging (prefixed by the caller)."""
-        cfg = self.state["config"]
         return {
-            **{k: v for k, v in cfg.items()},
+            **self.state["config"],
             "n_numeric": len(self.state["numeric"]),
             "n_categorical": len(self.state["categorical"]),
             "n_features": self.n_features,

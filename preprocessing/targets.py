@@ -1,5 +1,6 @@
 """The target of a supervised model: its fitted state (`Target`, saved as plain data in the preprocessing JSON),
 encoding for training and decoding of model outputs."""
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,11 +98,9 @@ class TargetCodec:
 
     state: dict
 
-    @property
+    @functools.cached_property
     def target(self) -> Target:
-        if getattr(self, "_target", None) is None:
-            self._target = Target.from_state(self.state["target"])
-        return self._target
+        return Target.from_state(self.state["target"])
 
     @property
     def n_outputs(self) -> int:

@@ -14,6 +14,7 @@ frequency, then the word n-grams (word_ngrams > 1), then the subword pieces (fas
 then its known word n-grams, then (subwords all) the known pieces of all its words, so that truncation to max_len
 drops pieces first. Pieces are made once per distinct word of a batch (Python); the rest runs on Arrow/numpy arrays.
 """
+import functools
 import math
 import os
 import unicodedata
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 from preprocessing.config import DataConfig, TextConfig
 from preprocessing.errors import DataError
 from preprocessing.targets import TargetCodec
-from preprocessing.validate import TableSchema, drop_null_targets, target_task
+from preprocessing.validate import TableSchema, drop_null_targets, quoted, target_task
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -58,16 +59,12 @@ def cleaning_steps(config: TextConfig) -> list[list[str]]:
     if config.lowercase:  # before the URL pattern, which then needs no case-insensitive matching
         steps.append(["lowercase"])
     for kind in ("urls", "emails", "numbers"):
-        steps += _replacement(kind, getattr(config, kind))
+        action = getattr(config, kind)
+        if action != "keep":
+            steps.append([kind, _PATTERNS[kind], f" {PLACEHOLDERS[kind]} " if action == "replace" else " "])
     if config.remove_punctuation:
         steps.append(["punctuation", _PATTERNS["punctuation"], " "])
     return steps
-
-
-def _replacement(kind: str, action: str) -> list:
-    if action == "keep":
-        return []
-    return [[kind, _PATTERNS[kind], f" {PLACEHOLDERS[kind]} " if action == "replace" else " "]]
 
 
 def _prepare(texts, steps: list, max_chars: int) -> tuple[pa.Array, list]:
@@ -76,13 +73,10 @@ def _prepare(texts, steps: list, max_chars: int) -> tuple[pa.Array, list]:
     decomposes Hangul syllables into jamo and never recomposes them."""
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         texts = texts.to_pylist()
-    if steps and steps[0][0] == "nfkc":
-        nfkc = unicodedata.normalize
-        values = [nfkc("NFKC", v[:max_chars]) if isinstance(v, str) else "" for v in texts]
-        steps = steps[1:]
-    else:
-        values = [v[:max_chars] if isinstance(v, str) else "" for v in texts]
-    return pa.array(values, type=pa.large_string()), steps
+    nfkc = bool(steps) and steps[0][0] == "nfkc"
+    values = [(unicodedata.normalize("NFKC", v[:max_chars]) if nfkc else v[:max_chars]) if isinstance(v, str) else ""
+              for v in texts]
+    return pa.array(values, type=pa.large_string()), steps[1:] if nfkc else steps
 
 
 def _clean_chunk(texts: pa.Array, steps: list) -> pa.Array:
@@ -128,8 +122,7 @@ def tokenize(texts, steps: list, config: TextConfig, map_chunks=None) -> pa.Larg
     flat, lengths = lists.flatten(), token_counts(lists)
     nonempty = pc.not_equal(flat, "")  # runs of spaces and empty texts leave empty tokens
     if not pc.all(nonempty).as_py():
-        mask = nonempty.to_numpy(zero_copy_only=False)
-        lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=mask, minlength=len(lengths))
+        lengths = _row_sums(lengths, nonempty.to_numpy(zero_copy_only=False))
         flat = flat.filter(nonempty)
     if config.tokenizer == "char_ngram":
         flat, lengths = _ngrams(flat, lengths, config.ngram)
@@ -141,15 +134,20 @@ def token_counts(lists: pa.Array) -> np.ndarray:
     return np.diff(lists.offsets.to_numpy()).astype(np.int64)
 
 
+def _row_sums(lengths, weights) -> np.ndarray:
+    """Per row, rows given by their numbers of items (`lengths`): the sum of its items' `weights`, as int64."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=weights,
+                       minlength=len(lengths)).astype(np.int64)
+
+
 def _ngrams(words: pa.Array, lengths: np.ndarray, n: int) -> tuple[pa.Array, np.ndarray]:
     grams, per_word = [], []
     for word in words.to_pylist():
         made = [word] if len(word) <= n else [word[i:i + n] for i in range(len(word) - n + 1)]
         grams += made
         per_word.append(len(made))
-    rows = np.repeat(np.arange(len(lengths)), lengths.astype(np.int64))
-    counts = np.bincount(rows, weights=np.array(per_word, dtype=np.float64), minlength=len(lengths))
-    return pa.array(grams, type=pa.large_string()), counts.astype(np.int64)
+    return pa.array(grams, type=pa.large_string()), _row_sums(lengths, per_word)
 
 
 def subword_pieces(word: str, low: int, high: int) -> list[str]:
@@ -204,36 +202,30 @@ class Vocabularies:
         self.ngram_start = 2 + len(self.words)
         self.subword_start = self.ngram_start + len(self.ngrams)
         self.size = self.subword_start + len(self.subwords)
-        self._subword_set = None
 
-    @property
+    @functools.cached_property
     def subword_set(self) -> set:
-        if self._subword_set is None:
-            self._subword_set = set(self.subwords.to_pylist())
-        return self._subword_set
+        return set(self.subwords.to_pylist())
 
 
 def encode_lists(lists: pa.LargeListArray, vocabs: Vocabularies, config: TextConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Token lists -> (flat int64 ids, ids per text), not padded or truncated. A text's ids: its words (oov: an
-    unknown word's pieces in its place), then its known word n-grams, then (all) the pieces of its words, so that
-    truncation drops pieces first, then n-grams, then words."""
+    """Token lists -> (flat int64 ids, ids per text, in the order the module docstring gives), not padded or
+    truncated."""
     flat, lengths = lists.flatten(), token_counts(lists)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
     mode = config.subwords if config.tokenizer == "word" and len(vocabs.subwords) else "none"
     if mode == "none":
         ids, id_lengths = lookup(flat, vocabs.words), lengths
     else:
         ids, per_token, tail, tail_per_token = _with_pieces(flat, vocabs, config, mode)
-        id_lengths = np.bincount(rows, weights=per_token, minlength=len(lengths)).astype(np.int64)
+        id_lengths = _row_sums(lengths, per_token)
     if config.word_ngrams > 1 and len(vocabs.ngrams):
         grams, per_text = word_ngrams(flat, lengths, config.word_ngrams)
         gram_ids = lookup(grams, vocabs.ngrams, vocabs.ngram_start)
         known = gram_ids != UNK_ID  # unseen n-grams are left out, not <unk>
-        per_text = np.bincount(np.repeat(np.arange(len(per_text)), per_text), weights=known,
-                               minlength=len(per_text)).astype(np.int64)
+        per_text = _row_sums(per_text, known)
         ids, id_lengths = _concat_rows(ids, id_lengths, gram_ids[known], per_text), id_lengths + per_text
     if mode == "all":
-        tail_lengths = np.bincount(rows, weights=tail_per_token, minlength=len(lengths)).astype(np.int64)
+        tail_lengths = _row_sums(lengths, tail_per_token)
         ids, id_lengths = _concat_rows(ids, id_lengths, tail, tail_lengths), id_lengths + tail_lengths
     return ids, id_lengths
 
@@ -248,17 +240,12 @@ def _with_pieces(flat: pa.Array, vocabs: Vocabularies, config: TextConfig, mode:
     known = word_ids != UNK_ID
     need = np.flatnonzero(~known) if mode != "all" else np.arange(len(distinct))
     words, low, high = distinct.take(need).to_pylist(), config.subword_min, config.subword_max
-    if mode == "oov":
-        made = [segment(w, vocabs.subword_set, low, high) for w in words]
-    else:
-        made = [subword_pieces(w, low, high) for w in words]
+    made = [segment(w, vocabs.subword_set, low, high) if mode == "oov" else subword_pieces(w, low, high) for w in words]
     piece_ids = lookup(pa.array([p for ps in made for p in ps], type=pa.large_string()), vocabs.subwords,
                        vocabs.subword_start)
     found = piece_ids != UNK_ID
-    per_need = np.bincount(np.repeat(np.arange(len(need)), [len(ps) for ps in made]).astype(np.int64),
-                           weights=found, minlength=len(need)).astype(np.int64)
     pieces = np.zeros(len(distinct), dtype=np.int64)
-    pieces[need] = per_need
+    pieces[need] = _row_sums([len(ps) for ps in made], found)
     head = (known | (pieces == 0)).astype(np.int64)  # the word id, or <unk> for a word with neither id nor pieces
     if mode == "all":
         inline, inline_lengths = word_ids[head == 1], head
@@ -296,14 +283,6 @@ def pad(ids: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
     return out
 
 
-def to_ids(lists: pa.LargeListArray, vocabs: Vocabularies, config: TextConfig, max_len: int) -> np.ndarray:
-    """Token lists -> int64 [texts, max_len], 0-padded. Unless pieces follow the text (subwords all), each word
-    gives at least one id in its place, so the words after the first max_len are dropped before the lookup."""
-    if config.subwords != "all" or config.tokenizer != "word":
-        lists = pc.list_slice(lists, 0, max_len)
-    return pad(*encode_lists(lists, vocabs, config), max_len)
-
-
 def lookup(tokens: pa.Array, vocab: pa.Array, first: int = 2) -> np.ndarray:
     """Token ids: first + position in `vocab`, UNK_ID for tokens not in it."""
     index = pc.index_in(tokens, value_set=vocab)
@@ -320,7 +299,7 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
     for role, wanted, flag in (("text", column, "text.text_column / --text_column"), ("target", target, "--target")):
         if wanted not in frame.columns:
             raise DataError(f"{role} column '{wanted}' not found in {name} (set {flag}); columns are: "
-                            + ", ".join(f"'{c}'" for c in frame.columns))
+                            f"{quoted(frame.columns)}")
     if column == target:
         raise DataError(f"the text column and the target are both '{column}'")
     values = frame[column]
@@ -328,7 +307,7 @@ def validate_texts(frame: pd.DataFrame, data: DataConfig, config: TextConfig,
         raise DataError(f"text column '{column}' in {name} holds numbers ({values.dtype}), not text; point "
                         "text.text_column at the column with the texts, or train a tabular model on it")
     frame = drop_null_targets(frame, target, name, notes)
-    text = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    text = as_strings(frame[column])
     blank = text.isna() | (text.fillna("").str.strip() == "")
     if blank.all():
         raise DataError(f"text column '{column}' in {name} has no text: all {len(frame)} rows are empty or null")
@@ -360,20 +339,15 @@ def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple
     steps = cleaning_steps(config)
     lists = tokenize(train_texts, steps, config, map_chunks)
     tokens, lengths = lists.flatten(), token_counts(lists)
-    counted = pc.value_counts(tokens)
-    values, counts = counted.field("values"), counted.field("counts").to_numpy()
-    kept = _frequent(values, counts, config.min_freq, config.max_vocab)
-    vocab = values.take(pa.array(kept, type=pa.int64()))
-
+    values, counts = _counted(tokens)
+    vocab = _frequent(values, counts, config.min_freq, config.max_vocab)
     ngrams = pa.array([], type=pa.large_string())
     if config.word_ngrams > 1 and config.max_word_ngrams:
-        grams = pc.value_counts(word_ngrams(tokens, lengths, config.word_ngrams)[0])
-        gram_values, gram_counts = grams.field("values"), grams.field("counts").to_numpy()
-        ngrams = gram_values.take(pa.array(_frequent(gram_values, gram_counts, config.min_freq,
-                                                     config.max_word_ngrams), type=pa.int64()))
+        ngrams = _frequent(*_counted(word_ngrams(tokens, lengths, config.word_ngrams)[0]), config.min_freq,
+                           config.max_word_ngrams)
     subwords = []
     if config.tokenizer == "word" and config.subwords != "none" and config.max_subwords:
-        subwords = _fit_subwords(values, counts, kept, config)
+        subwords = _fit_subwords(values, counts, vocab, config)
     vocabs = Vocabularies(vocab.to_pylist(), ngrams.to_pylist(), subwords)
     ids, id_lengths = encode_lists(lists, vocabs, config)
 
@@ -389,7 +363,7 @@ def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple
         "max_len": max_len,
         "vocab_size": vocabs.size,
         "stats": {
-            "vocab_before": len(values), "vocab_after": len(kept), "word_ngrams": len(ngrams),
+            "vocab_before": len(values), "vocab_after": len(vocab), "word_ngrams": len(ngrams),
             "subwords": len(subwords), "train_tokens": len(tokens),
             "train_unk_share": float((ids == UNK_ID).mean()) if len(ids) else 0.0,
             "train_truncated_share": float((id_lengths > max_len).mean()) if len(id_lengths) else 0.0,
@@ -401,36 +375,66 @@ def fit(train_texts, target: dict, config: TextConfig, map_chunks=None) -> tuple
     return state, pad(ids, id_lengths, max_len)
 
 
-def _frequent(values: pa.Array, counts: np.ndarray, min_freq: int, limit: int) -> np.ndarray:
-    """Positions of the values kept: seen at least min_freq times, the `limit` most frequent, most frequent first;
-    ties in text order, so that a refit on the same data gives the same ids."""
+def _counted(tokens: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """The distinct tokens and how often each occurs."""
+    counted = pc.value_counts(tokens)
+    return counted.field("values"), counted.field("counts").to_numpy()
+
+
+def _frequent(values: pa.Array, counts: np.ndarray, min_freq: int, limit: int) -> pa.Array:
+    """The values kept: seen at least min_freq times, the `limit` most frequent, most frequent first; ties in text
+    order, so that a refit on the same data gives the same ids."""
     by_text = np.argsort(np.asarray(values.to_pylist(), dtype=object), kind="stable")
     rank = np.empty(len(values), dtype=np.int64)
     rank[by_text] = np.arange(len(values))
     order = np.lexsort((rank, -counts))
-    return order[counts[order] >= min_freq][:limit]
+    return values.take(pa.array(order[counts[order] >= min_freq][:limit], type=pa.int64()))
 
 
-def _fit_subwords(words: pa.Array, counts: np.ndarray, kept: np.ndarray, config: TextConfig) -> list[str]:
+def _fit_subwords(words: pa.Array, counts: np.ndarray, vocab: pa.Array, config: TextConfig) -> list[str]:
     """The subword pieces of the train words, counted with the words' frequencies: for subwords oov only the words
     left out of the vocabulary (so that every kept piece is seen in training), for all every word."""
     if config.subwords != "all":
-        left_out = np.ones(len(words), dtype=bool)
-        left_out[kept] = False
-        words, counts = words.filter(pa.array(left_out)), counts[left_out]
+        left_out = pc.invert(pc.is_in(words, value_set=vocab))
+        words, counts = words.filter(left_out), counts[left_out.to_numpy(zero_copy_only=False)]
     made = [subword_pieces(w, config.subword_min, config.subword_max) for w in words.to_pylist()]
     if not made:
         return []
     totals = pd.Series(np.repeat(counts, [len(m) for m in made]), dtype=np.int64).groupby(
         [p for m in made for p in m], sort=False).sum()
     pieces = pa.array(totals.index.tolist(), type=pa.large_string())
-    chosen = _frequent(pieces, totals.to_numpy(), config.subword_min_freq, config.max_subwords)
-    return pieces.take(pa.array(chosen, type=pa.int64())).to_pylist()
+    return _frequent(pieces, totals.to_numpy(), config.subword_min_freq, config.max_subwords).to_pylist()
 
 
 # --- applying -----------------------------------------------------------------------------------------------------
 
-class TextTransform(TargetCodec):
+def as_strings(values: pd.Series) -> pd.Series:
+    """Each value as str; None and NaN as None."""
+    return values.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+
+
+class TextCodec(TargetCodec):
+    """What the text transforms share (this one and hf_text's): the texts of a frame and the model inputs of its
+    rows; each has a `config` and an `encode`."""
+
+    config: TextConfig
+
+    def texts(self, frame: pd.DataFrame, name: str = "input") -> pd.Series:
+        column = self.config.text_column
+        if column not in frame.columns:
+            raise DataError(f"{name} has no text column '{column}' (the model was trained on it); columns are: "
+                            + quoted(frame.columns))
+        values = frame[column]
+        if pd.api.types.is_string_dtype(values) and values.dtype != object:
+            return values
+        return as_strings(values)
+
+    def features(self, frame: pd.DataFrame, name: str = "input") -> np.ndarray:
+        """Model inputs for the rows of `frame`: token ids cut to the longest text in the batch (at least 1)."""
+        return trim(self.encode(self.texts(frame, name)))
+
+
+class TextTransform(TextCodec):
     """Applies a fitted text state: raw texts -> int64 token ids [batch, tokens] (0-padded), outputs -> labels."""
 
     def __init__(self, state: dict):
@@ -453,21 +457,11 @@ class TextTransform(TargetCodec):
 
     def encode(self, texts, map_chunks=None) -> np.ndarray:
         """int64 [len(texts), max_len], 0-padded; texts longer than max_len ids are truncated."""
-        return to_ids(tokenize(texts, self.steps, self.config, map_chunks), self.vocabs, self.config, self.max_len)
-
-    def texts(self, frame: pd.DataFrame, name: str = "input") -> pd.Series:
-        column = self.config.text_column
-        if column not in frame.columns:
-            raise DataError(f"{name} has no text column '{column}' (the model was trained on it); columns are: "
-                            + ", ".join(f"'{c}'" for c in frame.columns))
-        values = frame[column]
-        if pd.api.types.is_string_dtype(values) and values.dtype != object:
-            return values
-        return values.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-
-    def features(self, frame: pd.DataFrame, name: str = "input") -> np.ndarray:
-        """Model inputs for the rows of `frame`: token ids cut to the longest text in the batch (at least 1)."""
-        return trim(self.encode(self.texts(frame, name)))
+        lists = tokenize(texts, self.steps, self.config, map_chunks)
+        if self.config.subwords != "all" or self.config.tokenizer != "word":
+            # each word gives at least one id in its place: the words after the first max_len are not looked up
+            lists = pc.list_slice(lists, 0, self.max_len)
+        return pad(*encode_lists(lists, self.vocabs, self.config), self.max_len)
 
     def describe(self) -> dict:
         stats = self.state["stats"]

@@ -45,8 +45,7 @@ def validate_table(frame: pd.DataFrame, config: DataConfig, name: str) -> tuple[
     frame, task, classes = target_task(frame, target, config.task, name)
     if task == "regression" and len(frame) < MIN_ROWS_PER_CLASS:
         raise DataError(f"{name} has {len(frame)} rows with a target; a train/val/test split needs at least 3")
-    schema = TableSchema(target, task, numeric, categorical, classes, len(frame), notes)
-    return frame, schema
+    return frame, TableSchema(target, task, numeric, categorical, classes, len(frame), notes)
 
 
 def check_target(columns, config: DataConfig, name: str) -> str:
@@ -54,7 +53,7 @@ def check_target(columns, config: DataConfig, name: str) -> str:
     target = config.target_column()
     if target not in columns:
         hint = "" if config.target else " (no target given; pass --target NAME)"
-        raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {_names(columns)}")
+        raise DataError(f"target column '{target}' not found in {name}{hint}; columns are: {quoted(columns)}")
     return target
 
 
@@ -77,7 +76,7 @@ def target_task(frame: pd.DataFrame, target: str, requested: str, name: str) -> 
     return frame.assign(**{target: numeric_target(frame[target], target, name)}), task, []
 
 
-def _names(columns) -> str:
+def quoted(columns) -> str:
     return ", ".join(f"'{c}'" for c in columns)
 
 
@@ -87,7 +86,7 @@ def feature_candidates(columns, config: DataConfig, target: str, name: str) -> l
     if config.features is not None:
         missing = [c for c in config.features if c not in columns]
         if missing:
-            raise DataError(f"feature column(s) {_names(missing)} not found in {name}; columns are: {_names(columns)}")
+            raise DataError(f"feature column(s) {quoted(missing)} not found in {name}; columns are: {quoted(columns)}")
         candidates = [c for c in config.features if c != target]
     else:
         candidates = [c for c in columns if c != target and c not in set(config.ignore)]
@@ -99,9 +98,9 @@ def feature_candidates(columns, config: DataConfig, target: str, name: str) -> l
 def usable_features(candidates: list[str], empty: list[str], name: str, notes: list[str]) -> list[str]:
     """The candidates that have at least one value; the all-null ones are noted, or an error if that is all."""
     if len(empty) == len(candidates):
-        raise DataError(f"all feature columns in {name} are empty: every value of {_names(candidates)} is null")
+        raise DataError(f"all feature columns in {name} are empty: every value of {quoted(candidates)} is null")
     if empty:
-        notes.append(f"dropped feature column(s) {_names(empty)}: every value is null")
+        notes.append(f"dropped feature column(s) {quoted(empty)}: every value is null")
     return [c for c in candidates if c not in empty]
 
 
@@ -126,8 +125,7 @@ def is_numeric_feature(values: pd.Series, column: str, name: str, first_row: int
         if infinite.any():
             row = int(np.flatnonzero(infinite)[0])
             raise DataError(f"column '{column}' in {name} has infinite values (first at data row "
-                            f"{first_row + row + 1}: "
-                            f"{values.iloc[row]}); expected finite numbers or empty cells")
+                            f"{first_row + row + 1}: {values.iloc[row]}); expected finite numbers or empty cells")
         return True
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(values.dtype, pd.PeriodDtype):
         raise DataError(f"column '{column}' in {name} holds dates ({values.dtype}); features must be numbers, "
@@ -140,9 +138,8 @@ def is_numeric_feature(values: pd.Series, column: str, name: str, first_row: int
         position = int(np.flatnonzero(bad)[0])
         row = int(values.index.get_loc(present.index[position]))
         raise DataError(f"column '{column}' in {name} holds numbers ({share:.0%} of values) but data row "
-                        f"{first_row + row + 1} "
-                        f"has the text {present.iloc[position]!r}; fix the value, leave the cell empty, or list "
-                        "the column under data.ignore")
+                        f"{first_row + row + 1} has the text {present.iloc[position]!r}; fix the value, leave the "
+                        "cell empty, or list the column under data.ignore")
     if notes is not None and share >= MIXED_NOTE_THRESHOLD:
         words = present[parsed.isna().to_numpy()]
         shown = ", ".join(f"{v!r} (data row {first_row + int(values.index.get_loc(i)) + 1})"

@@ -88,8 +88,7 @@ class Kind:
         frame = read_table(config.source, config.format, encoding_errors=config.encoding_errors,
                            max_file_mb=config.max_file_mb, max_line_mb=config.max_line_mb)
         summary = f"read {len(frame)} rows x {len(frame.columns)} columns from {config.source}"
-        for note in frame.attrs.get("warnings", []):
-            summary += f"; warning: {note}"
+        summary += "".join(f"; warning: {note}" for note in frame.attrs.get("warnings", []))
         if frame.attrs.get("replaced_characters"):
             summary += (f"; {frame.attrs['replaced_characters']} invalid UTF-8 byte sequence(s) replaced by U+FFFD "
                         "(data.encoding_errors: replace)")

@@ -134,8 +134,6 @@ class Image(Kind):
     def predict_frame(self, predictor, frame, name="input"):
         """One row per readable file; files that cannot be read are left out and listed in attrs["skipped"] as
         (path, reason), as training lists and skips them. DataError when none can be read."""
-        from preprocessing.errors import DataError
-
         paths = frame["path"].tolist()
         try:
             return predictor.predict_images(paths)
@@ -176,6 +174,7 @@ def backbone_settings(image_config, model_config):
     weights' own preprocessing (image_size and resize, ImageNet mean/std; models/backbones.py), and the model
     section with the image side it is built for. The weights are looked up now, so that a missing file fails before
     any image is decoded."""
+    from models.archs import check_image_size
     from models.backbones import locate_weights, preprocessing_of
 
     if model_config.weights:
@@ -188,15 +187,10 @@ def backbone_settings(image_config, model_config):
         if "resize" not in given:
             update["resize"] = wanted["resize"]
     if wanted and not {"mean", "std", "local_contrast"} & given:
-        if image_config.channels == 1:  # the network repeats the one channel: its statistics are the average
-            update["mean"] = [sum(wanted["mean"]) / 3]
-            update["std"] = [sum(wanted["std"]) / 3]
-        else:
-            update["mean"], update["std"] = wanted["mean"], wanted["std"]
+        # one channel: the network repeats it, so its statistics are the average of the three
+        update.update({k: [sum(wanted[k]) / 3] if image_config.channels == 1 else wanted[k] for k in ("mean", "std")})
     image_config = image_config.model_copy(update=update) if update else image_config
     model_config = model_config.model_copy(update={"arch_image_size": image_config.image_size})
-    from models.archs import check_image_size
-
     check_image_size(model_config.arch, image_config.image_size)
     return image_config, model_config
 

@@ -13,7 +13,7 @@ from preprocessing import streaming
 from preprocessing.kinds.base import Checked, Collected, Fitted, Kind, Record
 from preprocessing.steps import Prepared
 from preprocessing.tabular import TabularTransform, check_ranges
-from preprocessing.validate import validate_table
+from preprocessing.validate import TableSchema, validate_table
 
 
 def streamed(prepared: Prepared) -> bool:
@@ -48,8 +48,6 @@ class Table(Kind):
             return super().prepare(validated, splits, settings, work, mapper)
         # larger than memory: one pass over the record batches fits the statistics on the train rows, a second
         # applies them and appends every split to .npy files that training streams
-        from preprocessing.validate import TableSchema
-
         schema = TableSchema.from_dict(validated.schema)
         stream = streaming.ParquetStream(validated.path, validated.memory_budget_mb)
         assignment = streaming.split_assignment(stream.n_rows, dict(np.load(splits.path)))

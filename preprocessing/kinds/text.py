@@ -33,17 +33,13 @@ class Text(Kind):
         target = Target.fit(train[schema.target], schema.target, schema.task, schema.classes).to_state()
         if config.hf_tokenizer:  # model.encoder hf: the model's own tokenizer instead of the vocabulary
             return self._fit_hf_parts(parts, schema, config, target, settings.registry)
-        arrays, record = {}, Record()
+        record = Record()
         with mapper() as map_chunks:  # cleaning and tokenization, chunk by chunk on Dask if asked
-            state, arrays["train_ids"] = text.fit(train[column], target, config, map_chunks)
+            state, train_ids = text.fit(train[column], target, config, map_chunks)
             transform = TextTransform(state)
-            for name, part in parts.items():
-                if name != "train":
-                    arrays[f"{name}_ids"] = transform.encode(part[column], map_chunks)
+            arrays = _encode_parts(transform, parts, schema.target, train_ids, map_chunks)
             if map_chunks is not None:
                 record.params.update(map_chunks.record())
-        for name, part in parts.items():
-            arrays[f"{name}_targets"] = transform.encode_target(part[schema.target])
         stats = state["stats"]
         val_unk = text.unk_share(arrays["val_ids"])
         record.params.update(transform.describe())
@@ -63,14 +59,9 @@ class Text(Kind):
     def _fit_hf_parts(self, parts, schema, config, target, registry):
         from preprocessing import hf_text
 
-        column = config.text_column
-        state, train_ids = hf_text.fit(parts["train"][column], target, config, registry)
+        state, train_ids = hf_text.fit(parts["train"][config.text_column], target, config, registry)
         transform = hf_text.HFTokenTransform(state)
-        arrays = {"train_ids": train_ids}
-        for name, part in parts.items():
-            if name != "train":
-                arrays[f"{name}_ids"] = transform.encode(part[column])
-            arrays[f"{name}_targets"] = transform.encode_target(part[schema.target])
+        arrays = _encode_parts(transform, parts, schema.target, train_ids)
         stats = state["stats"]
         record = Record(params=transform.describe(),
                         metrics={"train_truncated_share": stats["train_truncated_share"]})
@@ -98,16 +89,15 @@ class Text(Kind):
 
     def check_config(self, config):
         if config.model.encoder == "hf":  # its tokenizer replaces the vocabulary: preprocess reads it from here
-            from preprocessing.hf_text import hf_folder
-
             if config.model.pretrained:  # a torchyard model trained with encoder hf: its own tokenizer and encoder
                 from serving.registry import registry_uri
 
                 reference = registry_uri(config.model.pretrained) or config.model.pretrained  # a bare name too
-                config.text = config.text.model_copy(update={"hf_tokenizer": reference})
-                return
-            folder = str(hf_folder(config.model.pretrained_hf))  # a missing folder fails before any work
-            config.text = config.text.model_copy(update={"hf_tokenizer": folder})
+            else:
+                from preprocessing.hf_text import hf_folder
+
+                reference = str(hf_folder(config.model.pretrained_hf))  # a missing folder fails before any work
+            config.text = config.text.model_copy(update={"hf_tokenizer": reference})
             return
         if config.text.hf_tokenizer:
             raise ValueError("text.hf_tokenizer is set from model.pretrained_hf for model.encoder hf; the "
@@ -139,6 +129,16 @@ class Text(Kind):
     def input_schema(self, transform):
         state = transform.state
         return {"kind": "texts", "text_column": state["config"]["text_column"], "max_len": state["max_len"]}
+
+
+def _encode_parts(transform, parts: dict, target: str, train_ids: np.ndarray, map_chunks=None) -> dict:
+    """The arrays of the splits: token ids (the train split's given, encoded while fitting) and targets."""
+    arrays = {"train_ids": train_ids}
+    for name, part in parts.items():
+        if name != "train":
+            arrays[f"{name}_ids"] = transform.encode(part[transform.config.text_column], map_chunks)
+        arrays[f"{name}_targets"] = transform.encode_target(part[target])
+    return arrays
 
 
 KIND = Text()
