@@ -11,6 +11,7 @@ output equals predicting the whole file at once. Other inputs (JSON lines, bundl
 whole.
 """
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -92,10 +93,8 @@ def cli(argv=None) -> None:
     main(), which returns; an exception still ends the process the usual way, with its traceback."""
     code = main(argv)
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more can be written anyway
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more can be written anyway
-            pass
     os._exit(code)
 
 

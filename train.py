@@ -51,22 +51,20 @@ def build_config(args: argparse.Namespace):
     return RunConfig(**values)
 
 
-class _NoTracebackForUserErrors(logging.Filter):
+def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
     """Prefect logs every task failure with its traceback; for bad input the one-sentence reason is enough."""
+    from preprocessing.errors import user_facing
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        from preprocessing.errors import user_facing
-
-        if record.exc_info and record.exc_info[1] is not None and user_facing(record.exc_info[1]):
-            record.exc_info, record.exc_text = None, None
-        return True
+    if record.exc_info and record.exc_info[1] is not None and user_facing(record.exc_info[1]):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def quiet_user_errors() -> None:
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")]
     for logger in [logging.getLogger(), *loggers]:
         for handler in logger.handlers:
-            handler.addFilter(_NoTracebackForUserErrors())
+            handler.addFilter(_no_traceback_for_user_errors)
 
 
 def main(argv=None, prefect_server=None, warm_up: bool = False, private_api: bool = False) -> int:
@@ -75,23 +73,20 @@ def main(argv=None, prefect_server=None, warm_up: bool = False, private_api: boo
     `private_api`: the Prefect API is a temporary server that lives only as long as this process or the warm
     process it was forked from (implied by `prefect_server`).
     `warm_up`: load what the train and export steps load on first use on a background thread while the flow
-    starts (see warm_up_in_background)."""
+    starts; nothing depends on the thread finishing."""
     from pydantic import ValidationError
 
     from preprocessing.errors import user_facing
 
-    args = parse_args(argv)
     try:
-        config = build_config(args)
+        config = build_config(parse_args(argv))
+        problem = model_fn_problem(config.model_fn)  # the flag or the config file's model_fn
     except ValidationError as exc:
-        print(f"error: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+        problem = f"invalid configuration:\n{exc}"
     except Exception as exc:
-        if user_facing(exc):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    problem = model_fn_problem(config.model_fn)  # the flag or the config file's model_fn
+        if not user_facing(exc):
+            raise
+        problem = exc
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -99,8 +94,9 @@ def main(argv=None, prefect_server=None, warm_up: bool = False, private_api: boo
     from flows.train_flow import train_flow
 
     trace("imports done")
-    if warm_up:
-        warm_up_in_background()
+    if warm_up:  # while the flow's first steps mostly wait (Prefect API calls, the MLflow database); a step that
+        # gets there first waits on Python's import lock or computes the same itself
+        threading.Thread(target=load_first_use, name="torchyard-warm-up", daemon=True).start()
     quiet_user_errors()
     settings = contextlib.nullcontext()
     if prefect_server is not None:
@@ -120,8 +116,7 @@ def main(argv=None, prefect_server=None, warm_up: bool = False, private_api: boo
         with settings:
             result = train_flow(**config.flow_parameters())
     except Exception as exc:
-        reason = user_facing(exc)
-        if reason is None:
+        if (reason := user_facing(exc)) is None:
             raise
         print(f"error: {reason}", file=sys.stderr)
         return 1
@@ -172,19 +167,8 @@ def load_first_use() -> None:
     from training.optim import import_dynamo
 
     for step in (warm_up_store, import_dynamo, warm_up_requirement_check):
-        try:
+        with contextlib.suppress(Exception):
             step()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def warm_up_in_background() -> threading.Thread:
-    """load_first_use() on a daemon thread while the flow's first steps mostly wait (Prefect API calls, the MLflow
-    database). A step that gets there first waits on Python's import lock or computes the same itself; nothing
-    depends on the thread finishing."""
-    thread = threading.Thread(target=load_first_use, name="torchyard-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 def load_ahead() -> None:
@@ -216,10 +200,8 @@ def print_baseline(result: dict) -> None:
     if margin is None:
         return
     ours, theirs = result["metrics"][primary], baseline["metrics"][f"baseline_{primary}"]
-    if margin < 0:
-        print(f"warning: the network is worse than the baseline on {primary} ({ours:.4f} against {theirs:.4f})")
-    else:
-        print(f"the network is at least as good as the baseline on {primary} ({ours:.4f} against {theirs:.4f})")
+    verdict = "warning: the network is worse than" if margin < 0 else "the network is at least as good as"
+    print(f"{verdict} the baseline on {primary} ({ours:.4f} against {theirs:.4f})")
 
 
 def cli(argv=None) -> None:
@@ -230,15 +212,13 @@ def cli(argv=None) -> None:
     trace("start")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)  # --help and flag errors exit here, before anything is started
-    problem = model_fn_problem(args.model_fn)
-    if problem:
+    if problem := model_fn_problem(args.model_fn):
         print(f"error: {problem}", file=sys.stderr, flush=True)
         os._exit(2)
     from flows import prefect_server, warm_process
 
     environment = dict(os.environ)  # before connect() adds the Prefect API: what a warm process is matched on
-    code = warm_process.run(argv, environment)
-    if code is not None:
+    if (code := warm_process.run(argv, environment)) is not None:
         os._exit(code)
     api_url, server, source = prefect_server.connect()
     print(f"Prefect API: {api_url} ({source})", file=sys.stderr, flush=True)
@@ -276,18 +256,13 @@ def finish(server, code: int) -> int:
     log and event queues (task-run states travel as events), DataLoader workers, the temporary server, the output
     streams. After this, the interpreter's teardown (seconds of module and thread clean-up) has nothing to do."""
     trace("flush")
-    steps = []
-    if "mlflow" in sys.modules:
-        steps.append(lambda: sys.modules["mlflow"].flush_async_logging())
-    if "prefect.logging.handlers" in sys.modules:
-        steps.append(lambda: sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=60))
-    if "prefect.events.worker" in sys.modules:
-        steps.append(lambda: sys.modules["prefect.events.worker"].EventsWorker.drain_all(timeout=60))
-    if "multiprocessing" in sys.modules:
-        steps.append(_stop_children)
-    if server is not None:
-        steps.append(server.stop)
-    for step in steps:
+    loaded = sys.modules
+    steps = [step for module, step in (
+        ("mlflow", lambda: loaded["mlflow"].flush_async_logging()),
+        ("prefect.logging.handlers", lambda: loaded["prefect.logging.handlers"].APILogWorker.drain_all(timeout=60)),
+        ("prefect.events.worker", lambda: loaded["prefect.events.worker"].EventsWorker.drain_all(timeout=60)),
+        ("multiprocessing", _stop_children)) if module in loaded]
+    for step in steps + ([server.stop] if server is not None else []):
         try:
             step()
         except Exception as exc:  # a failed flush is reported; it must not hide the run's own exit code
@@ -296,10 +271,8 @@ def finish(server, code: int) -> int:
             code = code or 1
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     trace("exit")
     return code
 

@@ -55,8 +55,7 @@ class RunConfig(create_model("Sections", __config__=ConfigDict(extra="forbid"), 
     def config_hash(self) -> str:
         """Identifies what was asked for (not where the model file goes): equal hashes, equal training."""
         asked = self.model_dump(mode="json", exclude={"model_fn", "promote", "parallel", "baseline"})
-        config_json = json.dumps(asked, sort_keys=True)
-        return hashlib.sha256(config_json.encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:12]
 
     def flow_parameters(self) -> dict:
         return {name: getattr(self, name) for name in type(self).model_fields}

@@ -7,6 +7,7 @@ A flag that is not given leaves the config file's value or the default alone. Im
 import argparse
 import types
 import typing
+from collections import Counter
 
 import yaml
 from pydantic import BaseModel
@@ -41,9 +42,7 @@ def settings() -> list[tuple[str, object]]:
 
 def short_names(paths: list[str]) -> dict[str, str]:
     """short flag -> dotted setting: ALIASES, then every field name that only one setting has."""
-    counts = {}
-    for path in paths:
-        counts[path.rsplit(".", 1)[-1]] = counts.get(path.rsplit(".", 1)[-1], 0) + 1
+    counts = Counter(path.rsplit(".", 1)[-1] for path in paths)
     short = dict(ALIASES)
     for path in paths:
         name = path.rsplit(".", 1)[-1]

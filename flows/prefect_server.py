@@ -30,21 +30,16 @@ def answers(api_url: str, timeout: float = 2.0) -> bool:
     try:
         urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout).close()
         return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def prefect_home(env=os.environ) -> Path:
-    return Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return isinstance(exc, urllib.error.HTTPError)
 
 
 def configured_api_url(env=os.environ) -> str | None:
     """PREFECT_API_URL from the environment, else from the active profile in profiles.toml (what Prefect would use)."""
     if env.get("PREFECT_API_URL"):
         return env["PREFECT_API_URL"]
-    path = Path(env.get("PREFECT_PROFILES_PATH") or prefect_home(env) / "profiles.toml").expanduser()
+    home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(env.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
     try:
         profiles = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError):

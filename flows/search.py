@@ -20,16 +20,41 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("median", "hyperband", "none")
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 SQLITE_TIMEOUT_S = 60  # a writer waits this long for another's lock instead of failing at once (default 5 s)
 _PLAIN = (str, int, float, bool, type(None))  # what Optuna stores as a categorical choice
 
 
-class FloatRange(BaseModel):
-    """{type: float, low, high, log: true}: a real number in [low, high], on a log scale when log is set."""
+class _Range(BaseModel):
+    """What the float and int ranges share: the checks, Optuna's distribution, the ends, the decoding."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low})")
+        if self.log and self.step not in (None, 1):
+            raise ValueError("a log scale takes no step")
+        return self
+
+    def distribution(self):
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        kind = FloatDistribution if self.type == "float" else IntDistribution
+        return kind(self.low, self.high, log=self.log, step=self.step)
+
+    def edges(self) -> list:
+        return [self.low, self.high]
+
+    def decode(self, value):
+        return float(value) if self.type == "float" else int(value)
+
+
+class FloatRange(_Range):
+    """{type: float, low, high, log: true}: a real number in [low, high], on a log scale when log is set."""
 
     type: Literal["float"]
     low: float
@@ -37,33 +62,15 @@ class FloatRange(BaseModel):
     log: bool = False
     step: float | None = Field(None, gt=0, description="Discretisation step (not with log).")
 
-    @model_validator(mode="after")
-    def _valid(self):
-        _check_range(self)
-        return self
-
-    def distribution(self):
-        from optuna.distributions import FloatDistribution
-
-        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
     def grid(self) -> list:
         if self.step is None:
             raise ValueError("a float range without a step has no grid; give step, choices, or another sampler")
         count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         return [self.low + i * self.step for i in range(count)]
 
-    def edges(self) -> list:
-        return [self.low, self.high]
 
-    def decode(self, value):
-        return float(value)
-
-
-class IntRange(BaseModel):
+class IntRange(_Range):
     """{type: int, low, high, step}: an integer in [low, high] (both included), every `step`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["int"]
     low: int
@@ -71,26 +78,8 @@ class IntRange(BaseModel):
     step: int = Field(1, ge=1)
     log: bool = False
 
-    @model_validator(mode="after")
-    def _valid(self):
-        _check_range(self)
-        if self.log and self.step != 1:
-            raise ValueError("an int range on a log scale takes no step")
-        return self
-
-    def distribution(self):
-        from optuna.distributions import IntDistribution
-
-        return IntDistribution(self.low, self.high, log=self.log, step=self.step)
-
     def grid(self) -> list:
         return list(range(self.low, self.high + 1, self.step))
-
-    def edges(self) -> list:
-        return [self.low, self.high]
-
-    def decode(self, value):
-        return int(value)
 
 
 class Choice(BaseModel):
@@ -122,15 +111,6 @@ class Choice(BaseModel):
 
 
 Dimension = Annotated[Union[FloatRange, IntRange, Choice], Field(discriminator="type")]
-
-
-def _check_range(dimension) -> None:
-    if dimension.low > dimension.high:
-        raise ValueError(f"low {dimension.low} is above high {dimension.high}")
-    if dimension.log and dimension.low <= 0:
-        raise ValueError(f"a log scale needs low > 0 (got {dimension.low})")
-    if dimension.log and getattr(dimension, "step", None) not in (None, 1):
-        raise ValueError("a log scale takes no step")
 
 
 def parse_space(parameters: dict[str, Any]) -> dict[str, FloatRange | IntRange | Choice]:

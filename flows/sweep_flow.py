@@ -16,7 +16,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-from pydantic import ConfigDict, Field, field_validator, model_validator  # noqa: E402
+from pydantic import AfterValidator, ConfigDict, Field, model_validator  # noqa: E402
 
 from flows import search  # noqa: E402
 from flows.config import RunConfig, takes_run_config  # noqa: E402
@@ -54,7 +54,7 @@ DEFAULT_TRIALS = 20  # a sampled (not grid) sweep with neither n_trials nor time
 class SweepConfig(ParallelConfig):
     model_config = ConfigDict(extra="forbid")
 
-    parameters: dict[str, search.Dimension | list[Any]] = Field(
+    parameters: Annotated[dict[str, search.Dimension | list[Any]], AfterValidator(search.parse_space)] = Field(
         description="Config fields to vary, by dotted name, each a range or choices: {'train.lr': {type: float, "
         "low: 1e-4, high: 0.1, log: true}, 'model.n_layers': {type: int, low: 1, high: 4}, 'model.hidden_size': "
         "{type: int, low: 32, high: 256, step: 32}, 'train.scheduler.name': {type: categorical, choices: "
@@ -91,14 +91,6 @@ class SweepConfig(ParallelConfig):
     register_best: bool = Field(True, description="Export and register the run's best trial and put it through "
                                 "the champion/challenger gate, as train-flow does (export.*, promote.*).")
     max_concurrency: int = Field(2, ge=1, le=MAX_WORKERS, description="Trials running at once.")
-
-    def task_runner(self, max_workers: int | None = None):
-        return super().task_runner(max_workers or self.max_concurrency)
-
-    @field_validator("parameters", mode="after")
-    @classmethod
-    def _parsed(cls, parameters):
-        return search.parse_space(parameters)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -147,9 +139,7 @@ def store_folder() -> Path:
     if store := tracking.sqlite_path():
         return store.parent
     parsed = urlparse(tracking.tracking_uri())
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path)
-    return tracking.DEFAULT_STORE
+    return Path(parsed.path) if parsed.scheme in ("", "file") else tracking.DEFAULT_STORE
 
 
 def apply(base: RunConfig, overrides: dict) -> tuple[ModelConfig, TrainerConfig]:
@@ -157,14 +147,11 @@ def apply(base: RunConfig, overrides: dict) -> tuple[ModelConfig, TrainerConfig]
     sections = {"model": base.model.model_dump(), "train": base.train.model_dump()}
     for name, value in overrides.items():
         node = sections
-        *path, leaf = name.split(".")
-        for key in path:
+        for key in name.split("."):
             if not isinstance(node, dict) or key not in node:
                 raise ValueError(f"sweep parameter '{name}': there is no config field '{key}'")
-            node = node[key]
-        if leaf not in node:
-            raise ValueError(f"sweep parameter '{name}': there is no config field '{leaf}'")
-        node[leaf] = value
+            parent, node = node, node[key]
+        parent[key] = value
     model = ModelConfig(**sections["model"]).resolved(base.data.data_type, base.image.image_size)
     return model, TrainerConfig(**sections["train"])
 
@@ -201,8 +188,7 @@ def trial(prepared: Prepared, number: int, trial_id: int, overrides: dict, base:
         pruning = OptunaPruning(optuna_trial, epoch_metric)
         trained = train_task.fn(prepared, model_config, train_config, base.seed, child, work_dir / f"trial-{number}",
                                 extra_callbacks=[pruning])
-        history = client.get_metric_history(child, "val_loss")
-        best_val_loss = min(m.value for m in history)
+        best_val_loss = min(m.value for m in client.get_metric_history(child, "val_loss"))
         if pruning.pruned_epoch is not None:
             tracking.log_metrics(child, {"best_val_loss": best_val_loss})
             tracking.set_tags(child, {"sweep.pruned": "true", "sweep.pruned_epoch": pruning.pruned_epoch})
@@ -211,8 +197,7 @@ def trial(prepared: Prepared, number: int, trial_id: int, overrides: dict, base:
             get_run_logger().info(f"trial {number} {overrides} pruned after epoch {pruning.pruned_epoch}")
             return {**summary, "status": "PRUNED", "pruned_epoch": pruning.pruned_epoch,
                     "metrics": {"best_val_loss": best_val_loss}}
-        metrics = evaluate_task.fn(prepared, trained, child)
-        metrics["best_val_loss"] = best_val_loss
+        metrics = {**evaluate_task.fn(prepared, trained, child), "best_val_loss": best_val_loss}
         tracking.log_metrics(child, {"best_val_loss": best_val_loss})
         if metric not in metrics:
             raise ValueError(f"sweep.metric '{metric}' is not among the trial metrics: {', '.join(metrics)}")
@@ -272,7 +257,7 @@ def sweep_flow(sweep: SweepConfig, **parameters) -> dict:
         try:
             snapshot = collect_task(base.data, base.image, parent, work_dir)
             validated, _, prepared = prepare(base, snapshot, parent)
-            run_trials = sweep_trials.with_options(task_runner=sweep.task_runner())
+            run_trials = sweep_trials.with_options(task_runner=sweep.task_runner(sweep.max_concurrency))
             results = run_trials(prepared, sweep, base, spec, n_trials, experiment_id, parent, name, work_dir)
             best = _best(results, sweep.metric)
             study = spec.create()  # reloaded: the trials told their results from where they ran
@@ -308,9 +293,10 @@ def sweep_trials(prepared: Prepared, sweep: SweepConfig, base: RunConfig, spec: 
     space = search.distributions(sweep.parameters)
     deadline = time.monotonic() + sweep.timeout_s if sweep.timeout_s else None
     tracking_uri = tracking.tracking_uri()
-    asked, running, results, numbers = 0, [], [], {}
+    running, results = {}, []  # running: trial number by future
 
     def more() -> bool:
+        asked = len(running) + len(results)
         return (n_trials is None or asked < n_trials) and (deadline is None or time.monotonic() < deadline)
 
     while running or more():
@@ -320,14 +306,11 @@ def sweep_trials(prepared: Prepared, sweep: SweepConfig, base: RunConfig, spec: 
             # the storage's trial id (not the number) reopens the trial where it runs; Trial has no public name for it
             future = trial.submit(prepared, asked_trial.number, asked_trial._trial_id, overrides, base, spec,
                                   sweep.metric, sweep.epoch_metric, tracking_uri, experiment_id, parent, name, work_dir)
-            running.append(future)
-            numbers[future] = asked_trial.number
-            asked += 1
+            running[future] = asked_trial.number
         if not running:
             break
-        finished = next(as_completed(running))
-        running.remove(finished)
-        results.append(_result_of(finished, numbers.pop(finished), study))
+        finished = next(as_completed(list(running)))
+        results.append(_result_of(finished, running.pop(finished), study))
     return sorted(results, key=lambda r: r["index"])
 
 
@@ -348,10 +331,8 @@ def _best(results: list[dict], metric: str) -> dict | None:
         reasons = "; ".join(f"trial {r['index']}: {r['reason']}" for r in results)
         raise RuntimeError(f"every trial failed: {reasons}")
     done = [r for r in results if r["status"] == "COMPLETE"]
-    if not done:
-        return None
     choose = min if lower_is_better(metric) else max
-    return choose(done, key=lambda r: r["metrics"][metric])
+    return choose(done, key=lambda r: r["metrics"][metric], default=None)
 
 
 def _record(parent: str, results: list[dict], best: dict | None, metric: str, names: list[str], study,
@@ -420,6 +401,4 @@ def _report(results: list[dict], best: dict | None, metric: str, names: list[str
 
 
 def _described(dimension) -> str:
-    if isinstance(dimension, search.Choice):
-        return str(dimension.choices)
-    return str(dimension.model_dump(exclude_none=True))
+    return str(dimension.choices if isinstance(dimension, search.Choice) else dimension.model_dump(exclude_none=True))

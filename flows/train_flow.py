@@ -26,13 +26,11 @@ from tasks.collect import collect as collect_task  # noqa: E402
 from tasks.evaluate import evaluate as evaluate_task  # noqa: E402
 from tasks.export import export as export_task  # noqa: E402
 from tasks.preprocess import preprocess as preprocess_task  # noqa: E402
-from tasks.promote import promote as promote_task  # noqa: E402
-from tasks.promote import unchanged_since_champion  # noqa: E402
+from tasks.promote import promote as promote_task, unchanged_since_champion  # noqa: E402
 from tasks.register import register as register_task  # noqa: E402
 from tasks.split import split as split_task  # noqa: E402
 from tasks.train import train as train_task  # noqa: E402
 from tasks.validate import validate as validate_task  # noqa: E402
-
 
 
 def prepare(config: RunConfig, snapshot, run_id: str):
@@ -163,8 +161,7 @@ def _run_tags(config: RunConfig, run_key: str) -> dict:
     ui = PREFECT_UI_URL.value()
     if ui and flow_run.id:
         tags["prefect.flow_run_url"] = f"{ui.rstrip('/')}/runs/flow-run/{flow_run.id}"
-    commit = _git_commit()
-    if commit:
+    if commit := _git_commit():
         tags["mlflow.source.git.commit"] = commit
     return tags
 

@@ -114,14 +114,14 @@ def run(argv: list[str], env=os.environ) -> int | None:
             return 130
         except (OSError, ValueError):
             return None
-        child = first.get("pid")
-        if not child:
+        if not (child := first.get("pid")):
             return None  # stale or stopping: it says so and exits; this run goes cold
         forwarded = []
 
         def forward(signum, frame):
             forwarded.append(signum)
-            _signal(child, signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
@@ -152,24 +152,16 @@ def _first_reply(conn: socket.socket, replies) -> dict:
     return json.loads(replies.readline() or "{}")
 
 
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
 def start(env=os.environ) -> int | None:
     """Start a warm process for `env` in the background (its own session: a Ctrl-C in this terminal does not reach
     it); its pid, or None when they are off or one is already there."""
-    idle = idle_seconds(env)
-    if not idle:
+    if not idle_seconds(env):
         return None
     try:
         path = socket_path(env)
     except OSError:
         return None
-    if _answers(path):
+    if _call(path, {"ping": True}):
         return None
     try:
         with open(path.with_suffix(".log"), "wb") as log:  # this warm process's log, beside its socket
@@ -188,36 +180,30 @@ def _send(conn: socket.socket, message: dict, fds: list[int] = ()) -> None:
     conn.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _answers(path: Path) -> bool:
+def _call(path: Path, message: dict) -> bool:
+    """Send `message` ({"ping": true} or {"stop": true}) to the warm process at `path`, and for a stop wait for its
+    answer; False when none answers (a stop then removes the socket, left by a process that was killed)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.connect(str(path))
-            _send(probe, {"ping": True})
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(path))
+            _send(conn, message)
+            if message.get("stop"):
+                conn.recv(100)
         return True
     except OSError:
+        if message.get("stop"):
+            path.unlink(missing_ok=True)
         return False
 
 
 def stop_all(env=os.environ) -> int:
     """Ask every warm process of this user to stop (each exits once its running children are done); how many."""
-    return sum(_stop(path) for path in folder(env).glob("*.sock"))
+    return sum(_call(path, {"stop": True}) for path in folder(env).glob("*.sock"))
 
 
 def stop(env=os.environ) -> bool:
     """Ask the warm process for `env` to stop; False when there was none."""
-    return _stop(socket_path(env))
-
-
-def _stop(path: Path) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(str(path))
-            _send(conn, {"stop": True})
-            conn.recv(100)
-        return True
-    except OSError:
-        path.unlink(missing_ok=True)  # left by a process that was killed
-        return False
+    return _call(socket_path(env), {"stop": True})
 
 
 # ----------------------------------------------------------------------------------------------------------- server
@@ -227,30 +213,22 @@ class _Fingerprint:
     them): when any differs, the loaded code is not what a new process would load."""
 
     def __init__(self):
-        self.files = self._files()
-
-    @staticmethod
-    def _files() -> dict[str, int]:
         paths = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
         paths = {p for p in paths if p and Path(p).resolve().is_relative_to(REPO)}
-        paths |= {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+        self.files = self._mtimes(paths | {sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+
+    @staticmethod
+    def _mtimes(paths) -> dict[str, int]:
         found = {}
         for path in paths:
             try:
                 found[path] = os.stat(path).st_mtime_ns
             except OSError:
-                found[path] = -1
+                found[path] = -1  # gone: changed only if it comes back
         return found
 
     def changed(self) -> bool:
-        for path, mtime in self.files.items():
-            try:
-                if os.stat(path).st_mtime_ns != mtime:
-                    return True
-            except OSError:
-                if mtime != -1:
-                    return True
-        return False
+        return self._mtimes(self.files) != self.files
 
 
 def serve() -> int:
@@ -264,7 +242,7 @@ def serve() -> int:
     try:
         listener.bind(str(path))
     except OSError:
-        if _answers(path):
+        if _call(path, {"ping": True}):
             return 0  # another one got there first
         path.unlink(missing_ok=True)
         listener.bind(str(path))
@@ -419,11 +397,9 @@ def _as_a_new_process(parent: int) -> None:
 def _end_with_the_caller(conn: socket.socket) -> None:
     """The caller keeps its end open until it has the exit code: end of file means it is gone (kill -9, its
     terminal closed), and the run stops as a cold one would on SIGTERM, not on unseen."""
-    try:
+    with contextlib.suppress(OSError):
         while conn.recv(1024):
             pass
-    except OSError:
-        pass
     os.kill(os.getpid(), signal.SIGTERM)
 
 

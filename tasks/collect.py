@@ -28,10 +28,8 @@ def _transient(task, task_run, state) -> bool:
     """Retry only reads that may succeed next time (refused, timed out, HTTP 5xx), not a missing file."""
     try:
         state.result()
-    except TransientReadError:
-        return True
-    except Exception:
-        return False
+    except Exception as exc:
+        return isinstance(exc, TransientReadError)
     return False
 
 

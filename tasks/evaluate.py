@@ -51,11 +51,12 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
             extra.append(work / "confusion_matrix.csv")
         warning = evaluation.class_count_warning(drawn["classes"], len(targets))
     tracking.log_metrics(run_id, metrics)
+    client = tracking.configure()
     for path in [plot, *extra]:
-        tracking.configure().log_artifact(run_id, str(path), "evaluate")
+        client.log_artifact(run_id, str(path), "evaluate")
     # MLflow 3.17's compare page shows only files at the artifact root ("No common artifacts to display" when all
     # are in folders): the plot again there, so that two runs' plots compare side by side
-    tracking.configure().log_artifact(run_id, str(plot))
+    client.log_artifact(run_id, str(plot))
 
     logger = get_run_logger()
     if warning:
@@ -63,7 +64,7 @@ def evaluate(prepared: Prepared, trained: Trained, run_id: str, baseline: dict |
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     logger.info(f"test split: {summary}")
     compared = baseline_comparison(metrics, baseline, primary_metric, run_id, logger)
-    experiment_id = tracking.configure().get_run(run_id).info.experiment_id
+    experiment_id = client.get_run(run_id).info.experiment_id
     if baseline:
         theirs = baseline["metrics"]
         rows = "\n".join(f"| {k} | {v:.4f} | {theirs[f'baseline_{k}']:.4f} | {compared[f'margin_{k}']:+.4f} |"
@@ -96,7 +97,6 @@ def baseline_comparison(metrics: dict, baseline: dict | None, primary_metric: st
     if margin is not None and margin < 0:
         logger.warning(f"the network is worse than the baseline ({baseline['model']}) on {primary}: "
                        f"{metrics[primary]:.4f} against {baseline['metrics'][f'baseline_{primary}']:.4f}")
-        tracking.set_tags(run_id, {"baseline.beaten": "false"})
-    elif margin is not None:
-        tracking.set_tags(run_id, {"baseline.beaten": "true"})
+    if margin is not None:
+        tracking.set_tags(run_id, {"baseline.beaten": str(margin >= 0).lower()})
     return compared

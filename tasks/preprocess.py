@@ -29,8 +29,7 @@ def preprocess(validated: Validated, splits: Splits, config: TabularConfig, imag
     work = Path(validated.path).parent
     settings = Settings(None, config, image_config, text_config, registry=registry)
     fitted = kinds.get(validated.data_type).prepare(validated, splits, settings, work, lambda: chunk_mapper(parallel))
-    arrays = fitted.arrays_path
-    if arrays is None:
+    if (arrays := fitted.arrays_path) is None:
         arrays = work / "arrays.npz"
         np.savez(arrays, **fitted.arrays)
     record(run_id, "preprocess", fitted.record, logger)

@@ -16,8 +16,7 @@ from preprocessing.errors import TorchyardError
 from preprocessing.steps import Prepared
 from serving.inference import Predictor
 from serving.registry import resolve
-from tasks import registry
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.inputs import load_transform
 from training import promotion
 

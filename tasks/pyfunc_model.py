@@ -68,8 +68,8 @@ def predict_raw(predictor, model_input) -> pd.DataFrame:
         return predictor.kind.predict_frame(predictor, frame, "the model input")
     from preprocessing.errors import DataError
 
-    paths = frame[IMAGE_PATH] if IMAGE_PATH in frame else pd.Series(None, index=frame.index, dtype=object)
-    files = frame[IMAGE_BYTES] if IMAGE_BYTES in frame else pd.Series(None, index=frame.index, dtype=object)
+    missing = pd.Series(None, index=frame.index, dtype=object)
+    paths, files = frame.get(IMAGE_PATH, missing), frame.get(IMAGE_BYTES, missing)
     sources, names = [], []
     for i, (path, data) in enumerate(zip(paths, files)):
         if isinstance(path, (str, os.PathLike)) and str(path):

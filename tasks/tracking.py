@@ -51,8 +51,7 @@ def check_reachable(timeout: float = 5.0) -> None:
     """Fail in seconds, naming the URI, when the tracking server does not answer or a local store's folder
     cannot be created (MLflow's own client would retry for minutes before giving up)."""
     uri = tracking_uri()
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
+    if urlparse(uri).scheme in ("http", "https"):
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
         except urllib.error.HTTPError:

@@ -18,8 +18,7 @@ from preprocessing.errors import DataError
 from preprocessing.steps import Prepared, Trained
 from serving.bundle import ModelFileError
 from serving.registry import resolve
-from tasks import registry
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.inputs import batch_source, input_size, load_transform, split_rows
 from training import ddp, fit, lr_finder
 from training.callbacks import Callback
@@ -92,8 +91,7 @@ def build_trainer(transform, model_config: ModelConfig, config: TrainerConfig, s
 def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, config: TrainerConfig, seed: int,
                       device: torch.device, run_id: str, checkpoint_dir: Path, logger) -> tuple[list[dict], Path]:
     """Run training/ddp.py under torchrun; rank 0's history is logged to MLflow here, after the fact."""
-    refusal = kinds.of(transform).distributed_refusal(prepared, bool(model_config.pretrained))
-    if refusal:
+    if refusal := kinds.of(transform).distributed_refusal(prepared, bool(model_config.pretrained)):
         raise DataError(refusal)
     dist = config.distributed
     out = Path(checkpoint_dir)
@@ -175,8 +173,7 @@ def train(prepared: Prepared, model_config: ModelConfig, config: TrainerConfig, 
     device, warning = select_device(config.gpu_id)
     if warning:
         logger.warning(warning)
-    limits = apply_limits(device, config.cpu_threads, config.gpu_memory_fraction)
-    if limits:
+    if limits := apply_limits(device, config.cpu_threads, config.gpu_memory_fraction):
         logger.info("resource limits: " + ", ".join(limits))
     transform = load_transform(prepared)
     asked = config
