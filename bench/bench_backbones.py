@@ -11,24 +11,20 @@ epoch spent waiting for the next batch (the input pipeline's share; on CUDA the 
 is GPU time). Ratios are against the CNN. Random weights: throughput does not depend on their values, and nothing is
 downloaded. On a GPU, run it with --device cuda --size 224.
 """
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.config import ModelConfig  # noqa: E402
-from preprocessing import image  # noqa: E402
-from preprocessing.config import ImageConfig  # noqa: E402
-from preprocessing.image_loader import ImageData  # noqa: E402
-from training.config import TrainerConfig  # noqa: E402
-from training.fit import build_trainer  # noqa: E402
+from common import parser
+from models.config import ModelConfig
+from preprocessing import image
+from preprocessing.config import ImageConfig
+from preprocessing.image_loader import ImageData
+from training.config import TrainerConfig
+from training.fit import build_trainer
 
 CLASSES = 10
 
@@ -44,9 +40,8 @@ def networks(size: int) -> dict[str, ModelConfig]:
 def timed_epoch(trainer, data) -> tuple[float, float, int]:
     """Seconds of one training epoch, of it the seconds spent waiting for batches, and the images seen: the
     Trainer's own step, with the waits measured around the batch iterator."""
-    model, device = trainer.model.train(), trainer.device
-    cuda = device.type == "cuda"
-    waited, seen = 0.0, 0
+    model, waited, seen = trainer.model.train(), 0.0, 0
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else lambda: None
     started = time.perf_counter()
     batches = iter(data.epoch(trainer.generator))
     while True:
@@ -55,28 +50,22 @@ def timed_epoch(trainer, data) -> tuple[float, float, int]:
             inputs, targets = next(batches)
         except StopIteration:
             break
-        if cuda:
-            torch.cuda.synchronize()
+        sync()
         waited += time.perf_counter() - before
         with trainer._autocast():
             loss = trainer.objective.loss_value(model(inputs), targets)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.optimizer.step()
-        if cuda:
-            torch.cuda.synchronize()
+        sync()
         seen += len(targets)
     return time.perf_counter() - started, waited, seen
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--size", type=int, default=64, help="image side the networks see")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (image.workers)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser(__doc__, {"--images": 512, "--size": (64, "image side the networks see"), "--batch": 64,
+                            "--workers": (2, "DataLoader workers (image.workers)"),
+                            "--device": "cuda" if torch.cuda.is_available() else "cpu"}).parse_args()
     device = torch.device(args.device)
 
     config = ImageConfig(image_size=args.size, workers=args.workers)

@@ -23,25 +23,21 @@ Peak RSS includes those imports (~0.4 GB). Prints a table and the ratios.
 import argparse
 import json
 import os
-import resource
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import REPO, interleaved, medians, parser, peak_rss_bytes, run_json, store_env
+
 SCENARIOS = ("chunked", "whole", "pyfunc")
 ROW_GROUP = 100_000
 
 
 def environment(work: Path) -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
-            "PREFECT_HOME": str(work / "prefect"), "TORCHYARD_WORK_DIR": str(work / "work"),
-            "TORCHYARD_CACHE_DIR": str(work / "cache"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    return store_env(work, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
 
 
 def train(work: Path) -> Path:
@@ -98,8 +94,7 @@ def scenario(name: str, model: Path, source: Path, output: Path, chunk_rows: int
                              "--chunk_rows", str(chunk_rows)])
         assert code == 0
     elif name == "whole":
-        predictor = Predictor.load(model)
-        predictions = predictor.predict(read_table(str(source)), str(source))
+        predictions = Predictor.load(model).predict(read_table(str(source)), str(source))
         predict.write(predictions, str(output))
     else:
         loaded = mlflow.pyfunc.load_model(uri)
@@ -107,8 +102,8 @@ def scenario(name: str, model: Path, source: Path, output: Path, chunk_rows: int
         predictions.to_parquet(output, index=False)
     seconds = time.perf_counter() - started
     rows = pq.ParquetFile(output).metadata.num_rows
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"scenario": name, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": peak}
+    return {"scenario": name, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
+            "peak_rss_mb": peak_rss_bytes() / 2**20}
 
 
 def run_scenario(name: str, args, work: Path, model: Path, source: Path) -> dict:
@@ -116,31 +111,24 @@ def run_scenario(name: str, args, work: Path, model: Path, source: Path) -> dict
     command = [sys.executable, __file__, "--scenario", name, "--model", str(model), "--input", str(source),
                "--output", str(output), "--chunk_rows", str(args.chunk_rows)]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=environment(work), capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_json(command, name, cwd=REPO, env=environment(work), timeout=3600)
     result["process_seconds"] = time.perf_counter() - started
     output.unlink(missing_ok=True)
     return result
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=5_000_000)
-    p.add_argument("--chunk_rows", type=int, default=50_000)
-    p.add_argument("--keep", help="work folder to keep (and reuse: the model and the input are made once)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are compared")
+    p = parser(__doc__, {"--rows": 5_000_000, "--chunk_rows": 50_000,
+                         "--keep": (None, "work folder to keep (and reuse: the model and the input are made once)"),
+                         "--rounds": (3, "interleaved rounds; medians are compared")})
     p.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     p.add_argument("--scenario", choices=SCENARIOS, help=argparse.SUPPRESS)  # one scenario, in this process
-    p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--input", help=argparse.SUPPRESS)
-    p.add_argument("--output", help=argparse.SUPPRESS)
+    for hidden in ("--model", "--input", "--output"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.scenario:
-        result = scenario(args.scenario, Path(args.model), Path(args.input), Path(args.output), args.chunk_rows,
-                          "models:/wine-mlp/1")
-        print(json.dumps(result))
+        print(json.dumps(scenario(args.scenario, Path(args.model), Path(args.input), Path(args.output),
+                                  args.chunk_rows, "models:/wine-mlp/1")))
         return 0
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="torchyard-bench-batch-"))
@@ -153,30 +141,25 @@ def main(argv=None) -> int:
           f"{source.stat().st_size / 2**20:.0f} MB), model {model.name} registered as models:/wine-mlp/1; "
           f"chunk_rows {args.chunk_rows:,}; {os.cpu_count()} CPUs", flush=True)
     runs = {name: [] for name in args.only}
-    for round_ in range(1, args.rounds + 1):  # interleaved: a busy moment on the machine hits every scenario alike
-        for name in args.only:
-            r = run_scenario(name, args, work, model, source)
-            runs[name].append(r)
-            print(f"  round {round_} {name:8s} {r['seconds']:7.1f} s  {r['rows_per_s']:>10,.0f} rows/s  "
-                  f"peak RSS {r['peak_rss_mb']:6,.0f} MB  (process {r['process_seconds']:.1f} s)", flush=True)
-    results = {name: {key: statistics.median(r[key] for r in found) for key in
-                      ("rows", "seconds", "rows_per_s", "peak_rss_mb", "process_seconds")}
+    for round_no, name in interleaved(args.only, args.rounds):
+        r = run_scenario(name, args, work, model, source)
+        runs[name].append(r)
+        print(f"  round {round_no + 1} {name:8s} {r['seconds']:7.1f} s  {r['rows_per_s']:>10,.0f} rows/s  "
+              f"peak RSS {r['peak_rss_mb']:6,.0f} MB  (process {r['process_seconds']:.1f} s)", flush=True)
+    results = {name: medians(found, ("rows", "seconds", "rows_per_s", "peak_rss_mb", "process_seconds"))
                for name, found in runs.items()}
     print(f"medians of {args.rounds} round(s):")
     for name, r in results.items():
         print(f"  {name:8s} {r['rows']:>10,.0f} rows  {r['seconds']:7.1f} s  {r['rows_per_s']:>10,.0f} rows/s  "
               f"peak RSS {r['peak_rss_mb']:6,.0f} MB  (process {r['process_seconds']:.1f} s)")
-    if "chunked" in results:
-        chunked = results["chunked"]
-        for other in ("pyfunc", "whole"):
-            if other in results:
-                o = results[other]
-                print(f"chunked predict.py vs {other}: {chunked['rows_per_s'] / o['rows_per_s']:.2f}x the rows/s, "
-                      f"{chunked['peak_rss_mb'] / o['peak_rss_mb']:.2f}x the peak RSS "
-                      f"({o['peak_rss_mb'] / chunked['peak_rss_mb']:.1f}x less memory)")
+    chunked = results.get("chunked")
+    for other in ("pyfunc", "whole"):
+        if chunked and other in results:
+            o = results[other]
+            print(f"chunked predict.py vs {other}: {chunked['rows_per_s'] / o['rows_per_s']:.2f}x the rows/s, "
+                  f"{chunked['peak_rss_mb'] / o['peak_rss_mb']:.2f}x the peak RSS "
+                  f"({o['peak_rss_mb'] / chunked['peak_rss_mb']:.1f}x less memory)")
     if not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

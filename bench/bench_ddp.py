@@ -6,37 +6,28 @@ The single process uses torch's default threads (all cores); each DDP process is
 Prints both wall times (torchrun's process start included, and without it: the fit time rank 0 reports) and
 the ratio. On a 2-core machine DDP can only show its overhead; the point of DDP is more devices.
 """
-import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from models import build_model  # noqa: E402
-from models.config import ModelConfig  # noqa: E402
-from training.config import DistributedConfig, TrainerConfig  # noqa: E402
-from training.data import TensorData  # noqa: E402
-from training.ddp import torchrun_command, write_job  # noqa: E402
-from training.objectives import make_objective  # noqa: E402
-from training.optim import make_trainer  # noqa: E402
+from common import REPO, free_port, parser, timed
+from models import build_model
+from models.config import ModelConfig
+from training.config import DistributedConfig, TrainerConfig
+from training.data import TensorData
+from training.ddp import torchrun_command, write_job
+from training.objectives import make_objective
+from training.optim import make_trainer
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--nproc", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = parser(__doc__, {"--rows": 200_000, "--epochs": 3, "--nproc": 2}).parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="torchyard-bench-ddp-"))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.rows + 10_000, 32)).astype(np.float32)
@@ -50,21 +41,15 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     trainer = make_trainer(build_model(model, 32, objective.output_size), objective, train, 0, torch.device("cpu"), [])
     trainer.progress_bar = False
-    started = time.perf_counter()
-    trainer.fit(TensorData(torch.from_numpy(x[:args.rows]), torch.from_numpy(y[:args.rows]), 512),
-                TensorData(torch.from_numpy(x[args.rows:]), torch.from_numpy(y[args.rows:]), 512))
-    single = time.perf_counter() - started
+    single, _ = timed(trainer.fit, TensorData(torch.from_numpy(x[:args.rows]), torch.from_numpy(y[:args.rows]), 512),
+                      TensorData(torch.from_numpy(x[args.rows:]), torch.from_numpy(y[args.rows:]), 512))
 
     job = write_job(work, arrays=work / "arrays.npz", model=model, train=train, task="classification", n_classes=2,
                     input_size=32, seed=0, device="cpu")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     threads = max(1, (os.cpu_count() or 1) // args.nproc)
-    started = time.perf_counter()
-    subprocess.run(torchrun_command(job, DistributedConfig(nproc_per_node=args.nproc, master_port=port)), cwd=ROOT,
-                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    ddp = time.perf_counter() - started
+    command = torchrun_command(job, DistributedConfig(nproc_per_node=args.nproc, master_port=free_port()))
+    ddp, _ = timed(subprocess.run, command, cwd=REPO, check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     fit = json.loads((work / "history.json").read_text())["fit_seconds"]
     print(f"{args.rows:,} rows x 32, {args.epochs} epochs, MLP 4x256, batch 512, {os.cpu_count()} cores")
     print(f"single process      {single:7.2f} s")

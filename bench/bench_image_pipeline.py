@@ -8,21 +8,17 @@
    process run. Each side runs two epochs; the second (warm workers) counts.
 2. Seconds per training epoch on the digits sample (1,257 training images, 16x16, the digits-cnn config), CPU.
 """
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from preprocessing import image  # noqa: E402
-from preprocessing.config import ImageConfig  # noqa: E402
-from preprocessing.image_loader import ImageData  # noqa: E402
+from common import REPO, parser, timed
+from preprocessing import image
+from preprocessing.config import ImageConfig
+from preprocessing.image_loader import ImageData
 
 AUGMENT = [
     {"name": "RandomResizedCrop", "size": [56, 56], "scale": [0.6, 1.0]},
@@ -39,9 +35,8 @@ def loader_rate(cache: Path, transform, n: int, workers: int, batch: int) -> flo
     generator = torch.Generator().manual_seed(0)
     for _ in data.epoch(generator):  # warm-up epoch: starts the workers
         pass
-    started = time.perf_counter()
-    count = sum(len(targets) for _, targets in data.epoch(generator))
-    return count / (time.perf_counter() - started)
+    seconds, count = timed(lambda: sum(len(targets) for _, targets in data.epoch(generator)))
+    return count / seconds
 
 
 def bare_rate(images: np.ndarray, pipeline, mean, std, batch: int) -> float:
@@ -85,25 +80,19 @@ def digits_epoch_seconds(epochs: int = 3) -> float:
     network = build_model(model_config, image_config.channels, 10)
     trainer = Trainer(network, objective, build_optimizer(network.parameters(), train_config), None,
                       max_epochs=epochs, device=torch.device("cpu"), progress_bar=False)
-    started = time.perf_counter()
-    history = trainer.fit(source("train", image_config.workers), source("val", 0))
-    return (time.perf_counter() - started) / len(history)
+    seconds, history = timed(trainer.fit, source("train", image_config.workers), source("val", 0))
+    return seconds / len(history)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=4000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args()
+    args = parser(__doc__, {"--images": 4000, "--workers": 2, "--batch": 128}).parse_args()
 
     config = ImageConfig(image_size=56, resize=64, augment=AUGMENT, workers=args.workers)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 64, 64, 3), dtype=np.uint8)
     cache = Path(tempfile.mkdtemp()) / "cache.npy"
     np.save(cache, images)
-    state = image.fit(images[:500], ["a"], config, "label")
-    transform = image.ImageTransform(state)
+    transform = image.ImageTransform(image.fit(images[:500], ["a"], config, "label"))
     pipeline = image.train_pipeline(AUGMENT, config.image_size)
     mean, std = transform.mean, transform.std
 

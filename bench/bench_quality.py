@@ -9,18 +9,14 @@ rows, metric, network, baseline, margin (positive: the network is better), wall 
     python bench/bench_quality.py --only penguins,sms-spam
     python bench/bench_quality.py --only penguins -- --n_epochs 20 --batch_size 256   # extra train.py flags
 """
-import argparse
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-
-from quality_data import DATASETS  # noqa: E402
+from common import REPO, parser, timed
+from quality_data import DATASETS
 
 METRIC = re.compile(r"(test_\w+) (-?[\d.]+(?:e-?\d+)?)")
 
@@ -49,9 +45,7 @@ def run(name: str, work: Path, extra: list[str]) -> dict:
                "--experiment", "bench-quality", "--model_name", f"bench-{name}", *extra]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
            "TORCHYARD_WORK_DIR": str(work / "runs"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
+    seconds, done = timed(subprocess.run, command, cwd=REPO, env=env, capture_output=True, text=True)
     (out / "train.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: train.py exited with {done.returncode}:\n{done.stderr[-3000:]}")
@@ -73,15 +67,13 @@ def _rows(data_type: str, out: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", help="comma-separated data set names: " + ", ".join(DATASETS))
-    parser.add_argument("--work", default=str(REPO / ".torchyard" / "bench-quality"))
-    parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
-    args = parser.parse_args()
+    options = parser(__doc__, {"--only": (None, "comma-separated data set names: " + ", ".join(DATASETS)),
+                               "--work": str(REPO / ".torchyard" / "bench-quality")})
+    options.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
+    args = options.parse_args()
     names = args.only.split(",") if args.only else list(DATASETS)
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown:
-        parser.error(f"unknown data set(s) {unknown}; known: {', '.join(DATASETS)}")
+    if unknown := [n for n in names if n not in DATASETS]:
+        options.error(f"unknown data set(s) {unknown}; known: {', '.join(DATASETS)}")
     work = Path(args.work)
     print("| data set | type | rows | metric | network | baseline | margin | train.py s | epochs | training s | "
           "baseline s |")

@@ -16,9 +16,7 @@ The servers, each one process on a loopback port:
   called directly; the same request and response shapes; no validation, limits, metrics or batching),
 - mlflow (tables): `mlflow models serve -m <registered model> --env-manager local` (POST /invocations
   {"dataframe_records": [...]}; the registered pyfunc runs the Predictor).
-A second process drives each (--client raw: keep-alive connections writing HTTP/1.1 by hand, a few microseconds per
-request; --client httpx: an httpx AsyncClient, what runs before this used, whose own CPU use grows with the
-connections and on 2 cores is taken from the server), --concurrency requests in flight, for --seconds per scenario
+A second process drives each (--client, below), --concurrency requests in flight, for --seconds per scenario
 (tables: 1 and 64 rows per request; texts and images: 1 and 16); --repeats interleaved repetitions (server order
 rotated each round), medians reported. Then micro-batching on and off at 1 input per request with
 --batching-concurrency requests in flight. Before timing, the servers must give the same predictions for the same
@@ -32,7 +30,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -43,48 +40,46 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import REPO, free_port, interleaved, medians, run_json, store_env
+from scripts.local_stack import stop as stop_group
+
 SERVERS = ("torchyard", "bare", "mlflow")
-
-
-def _percentiles(latencies: list[float]) -> tuple[float, float]:
-    values = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+UNITS = {"tabular": "rows", "text": "texts", "image": "images"}
 
 
 async def _drive(url: str, body: bytes, seconds: float, concurrency: int, client: str = "raw") -> dict:
     """`concurrency` keep-alive connections, each posting `body` again as soon as its answer is in, for `seconds`."""
-    latencies, errors = [], 0
-    deadline = time.perf_counter() + seconds
+    latencies, deadline = [], time.perf_counter() + seconds
     if client == "httpx":
         import httpx
 
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as session:
-            async def post() -> int:
-                return (await session.post(url, content=body, headers={"content-type": "application/json"})).status_code
+        session = httpx.AsyncClient(limits=limits, timeout=60)
 
-            started = time.perf_counter()
-            errors = await _workers(post, concurrency, deadline, latencies)
-            elapsed = time.perf_counter() - started
+        async def post() -> int:
+            return (await session.post(url, content=body, headers={"content-type": "application/json"})).status_code
+
+        posts, close = [post] * concurrency, session.aclose
     else:
         connections = [await _RawConnection.open(url, body) for _ in range(concurrency)]
-        try:
-            posts = iter([c.post for c in connections])
-            started = time.perf_counter()
-            errors = await _workers(lambda: None, concurrency, deadline, latencies, posts)
-            elapsed = time.perf_counter() - started
-        finally:
+        posts = [c.post for c in connections]
+
+        async def close() -> None:
             for connection in connections:
                 connection.close()
-    p50, p99 = _percentiles(latencies)
-    return {"requests": len(latencies), "errors": errors, "seconds": elapsed, "p50_ms": p50, "p99_ms": p99}
+    try:
+        started = time.perf_counter()
+        errors = await _workers(posts, deadline, latencies)
+        elapsed = time.perf_counter() - started
+    finally:
+        await close()
+    ms = np.array(latencies or [np.nan]) * 1000
+    return {"requests": len(latencies), "errors": errors, "seconds": elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
 
 
-async def _workers(post, concurrency: int, deadline: float, latencies: list, own=None) -> int:
-    """`concurrency` loops of requests (each its own `post` from `own`, else the shared one) until the deadline;
-    the number of answers that were not 200."""
+async def _workers(posts: list, deadline: float, latencies: list) -> int:
+    """One loop of requests per `posts` callable until the deadline; the number of answers that were not 200."""
     errors = 0
 
     async def worker(post):
@@ -95,7 +90,7 @@ async def _workers(post, concurrency: int, deadline: float, latencies: list, own
             latencies.append(time.perf_counter() - started)
             errors += status != 200
 
-    await asyncio.gather(*(worker(next(own) if own else post) for _ in range(concurrency)))
+    await asyncio.gather(*(worker(post) for post in posts))
     return errors
 
 
@@ -142,28 +137,19 @@ TRAIN_ARGS = {  # train.py arguments per kind: small, quick models (accuracy is 
 def _train(directory: Path, kind: str = "tabular") -> tuple[Path, str, str]:
     """A model of `kind` (a wine MLP, a reviews text model, a digits CNN) trained and registered in the MLflow store
     in `directory`: (model file, registered URI, tracking URI)."""
-    model_fn = directory / f"{kind}.pth"
-    tracking = f"sqlite:///{directory / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PREFECT_HOME": str(directory / "prefect"),
-           "TORCHYARD_WORK_DIR": str(directory / "work")}
+    model_fn, env = directory / f"{kind}.pth", store_env(directory, "mlflow.db")
     done = subprocess.run([sys.executable, "train.py", *TRAIN_ARGS[kind], "--model_fn", str(model_fn), "--gpu_id",
-                           "-1"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+                           "-1"], cwd=REPO, env=env, check=True, capture_output=True, text=True)
     registered = re.search(r"^registered: (models:/\S+)", done.stdout, re.M)
     if not registered:
         raise SystemExit(f"train.py registered no model:\n{done.stdout[-2000:]}")
-    return model_fn, registered.group(1), tracking
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return model_fn, registered.group(1), env["MLFLOW_TRACKING_URI"]
 
 
 class Server:
     def __init__(self, name: str, command: list[str], health: str, predict: str, log: Path, env: dict | None = None,
-                 cwd: Path = ROOT):
-        self.name, self.port = name, _free_port()
+                 cwd: Path = REPO):
+        self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health, self.predict = self.url + health, self.url + predict
         self.log = open(log, "w")
@@ -187,13 +173,7 @@ class Server:
         raise SystemExit(f"the {self.name} server did not answer in {timeout:.0f} s; its log: {self.log.name}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # mlflow's CLI and the uvicorn it starts
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, timeout=30)  # its process group: mlflow's CLI and the uvicorn it starts
         self.log.close()
 
 
@@ -221,23 +201,20 @@ def _inputs(kind: str):
     return encoded
 
 
-def _bodies(kind: str, inputs: list, batch: int, offset: int = 0) -> dict[str, bytes]:
-    """The request body of `batch` inputs per server (torchyard's /predict shape; MLflow's dataframe_records)."""
-    chosen = [inputs[(offset + i) % len(inputs)] for i in range(batch)]
-    key = {"tabular": "rows", "text": "texts", "image": "images"}[kind]
-    ours = json.dumps({key: chosen}).encode()
-    return {name: (json.dumps({"dataframe_records": chosen}).encode() if name == "mlflow" else ours)
-            for name in (*SERVERS, *SERVER_BODY)}
+def _body(server: str, kind: str, inputs: list, batch: int) -> bytes:
+    """The request body of `batch` inputs for `server` (torchyard's /predict shape; MLflow's dataframe_records)."""
+    chosen = [inputs[i % len(inputs)] for i in range(batch)]
+    return json.dumps({"dataframe_records" if server == "mlflow" else UNITS[kind]: chosen}).encode()
 
 
 def _same_answers(servers: dict, kind: str, inputs: list) -> None:
     """The servers predict the same classes and probabilities for the same 16 inputs (or the bench stops)."""
     import httpx
 
-    bodies, answers = _bodies(kind, inputs, 16), {}
+    answers = {}
     for name, server in servers.items():
-        response = httpx.post(server.predict, content=bodies[name], headers={"content-type": "application/json"},
-                              timeout=60)
+        response = httpx.post(server.predict, content=_body(name, kind, inputs, 16),
+                              headers={"content-type": "application/json"}, timeout=60)
         response.raise_for_status()
         predictions = response.json()["predictions"]
         if name == "mlflow":
@@ -252,37 +229,26 @@ def _same_answers(servers: dict, kind: str, inputs: list) -> None:
             raise SystemExit(f"{name} answers differently from {next(iter(answers))} on the same {kind} inputs")
 
 
-UNITS = {"tabular": "rows", "text": "texts", "image": "images"}
-
-
 def _scenario(title: str, kind: str, servers: dict, inputs: list, batch: int, concurrency: int, args, work: Path,
-              ratios: list[tuple[str, str, str]]) -> dict:
+              ratios: list[tuple[str, str, str]]) -> None:
     """Drive each of `servers` with `concurrency` requests of `batch` inputs in flight, --repeats interleaved rounds;
     print the table and the ratios (a, b, target) of the medians and paired."""
-    python, bodies = sys.executable, _bodies(kind, inputs, batch)
     results = {name: [] for name in servers}
-    for repeat in range(args.repeats):
-        order = list(servers)[repeat % len(servers):] + list(servers)[:repeat % len(servers)]
-        for name in order:
-            body = work / f"{kind}-{name}-{batch}.json"
-            body.write_bytes(bodies[name])
-            done = subprocess.run([python, __file__, "--concurrency", str(concurrency), "--client", args.client,
-                                   "--drive",
-                                   servers[name].predict, str(body), str(args.seconds)],
-                                  capture_output=True, text=True, check=True)
-            results[name].append(json.loads(done.stdout))
+    for _, name in interleaved(servers, args.repeats, rotate=True):
+        body = work / f"{kind}-{name}-{batch}.json"
+        body.write_bytes(_body(name, kind, inputs, batch))
+        results[name].append(run_json([sys.executable, __file__, "--concurrency", str(concurrency), "--client",
+                                       args.client, "--drive", servers[name].predict, str(body), str(args.seconds)],
+                                      f"the client of {name}"))
     unit = UNITS[kind]
     print(f"\n{title}: {batch} {unit[:-1] if batch == 1 else unit} per request, {concurrency} requests in flight")
     print(f"  {'server':<20}{'req/s':>9}{unit + '/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   runs (req/s)")
     rate = {}
     for name, runs in results.items():
         rates = [r["requests"] / r["seconds"] for r in runs]
-        rate[name] = statistics.median(rates)
-        p50 = statistics.median(r["p50_ms"] for r in runs)
-        p99 = statistics.median(r["p99_ms"] for r in runs)
-        errors = sum(r["errors"] for r in runs)
-        print(f"  {name:<20}{rate[name]:>9.0f}{rate[name] * batch:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}   "
-              + " ".join(f"{r:.0f}" for r in rates))
+        rate[name], m = statistics.median(rates), medians(runs, ("p50_ms", "p99_ms"))
+        print(f"  {name:<20}{rate[name]:>9.0f}{rate[name] * batch:>10.0f}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}"
+              f"{sum(r['errors'] for r in runs):>8}   " + " ".join(f"{r:.0f}" for r in rates))
     said = []
     for a, b, target in ratios:
         if a in rate and b in rate:
@@ -294,10 +260,6 @@ def _scenario(title: str, kind: str, servers: dict, inputs: list, batch: int, co
                                                                                         if target else ""))
     if said:
         print("  " + ", ".join(said), flush=True)
-    return results
-
-
-SERVER_BODY = {"torchyard-nobatch": "torchyard"}  # servers that take another server's request body
 
 
 def main(argv=None) -> int:
@@ -352,7 +314,7 @@ def main(argv=None) -> int:
         else:
             print(f"\ntraining and registering a {kind} model ...", flush=True)
             model_fn, registered, tracking = _train(work, kind)
-        names = [n for n in args.servers if n != "mlflow" or kind == "tabular"]
+        names = [n for n in args.servers if n != "mlflow" or (kind == "tabular" and registered)]
         if args.batching_concurrency and "torchyard" in names:
             names.insert(names.index("torchyard") + 1, "torchyard-nobatch")
         serving = [python, "-m", "serving", "--model", str(model_fn), "--port", "{port}", *args.serving_args.split()]
@@ -367,14 +329,12 @@ def main(argv=None) -> int:
                        {"MLFLOW_TRACKING_URI": str(tracking), "PATH": path,
                         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}),
         }
-        if "mlflow" in names and not registered:
-            names.remove("mlflow")
         inputs = _inputs(kind)
         servers = {}
         try:
             for name in names:
                 command, health, predict, env = commands[name]
-                cwd = Path(args.serving_root) if name.startswith("torchyard") and args.serving_root else ROOT
+                cwd = Path(args.serving_root) if name.startswith("torchyard") and args.serving_root else REPO
                 servers[name] = Server(name, command, health, predict, work / f"{kind}-{name}.log", env, cwd)
             for server in servers.values():
                 server.wait()

@@ -15,7 +15,6 @@ variant, the ratio of train.py to the scikit-learn script (target: at most 4x, t
 table from the run logs: Prefect's log timestamps and, from this checkout, the `[startup-trace]` lines that
 TORCHYARD_STARTUP_TRACE=1 makes train.py print.
 """
-import argparse
 import datetime as dt
 import os
 import re
@@ -26,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import REPO, interleaved, parser, store_env
+
 COMMAND = ["--data", "sklearn:breast_cancer", "--n_epochs", "30"]
 TARGET_SECONDS, TARGET_RATIO = 8.0, 4.0
 
@@ -62,13 +61,9 @@ STEPS = [
 LOG_EVENTS = {
     "flow begins": r"Beginning flow run",
     "mlflow run": r"MLflow run [0-9a-f]{32} in experiment",
-    "preprocess done": r"Task run 'preprocess-.*Finished in state",
-    "baseline done": r"Task run 'baseline-.*Finished in state",
     "epoch 1": r"Task run 'train-.*epoch 1/",
-    "train done": r"Task run 'train-.*Finished in state",
-    "evaluate done": r"Task run 'evaluate-.*Finished in state",
-    "export done": r"Task run 'export-.*Finished in state",
-    "promote done": r"Task run 'promote-.*Finished in state",
+    **{f"{task} done": rf"Task run '{task}-.*Finished in state"
+       for task in ("preprocess", "baseline", "train", "evaluate", "export", "promote")},
     "flow done": r"Flow run '.*Finished in state",
 }
 TIMESTAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \|")
@@ -80,13 +75,11 @@ def events(log: str, started: float, ended: float) -> dict[str, float]:
     day = dt.datetime.fromtimestamp(started).date()
     found = {"start": 0.0, "end": ended - started}
     for line in log.splitlines():
-        trace = TRACE.match(line)
-        if trace:
+        if trace := TRACE.match(line):
             name = {"flow done": "flow returned"}.get(trace.group(1), trace.group(1))
             found.setdefault(name, float(trace.group(2)) - started)
             continue
-        stamp = TIMESTAMP.match(line)
-        if not stamp:
+        if not (stamp := TIMESTAMP.match(line)):
             continue
         h, m, s, ms = map(int, stamp.groups())
         when = dt.datetime.combine(day, dt.time(h, m, s, ms * 1000)).timestamp()
@@ -106,22 +99,20 @@ def run_once(command: list[str], cwd: Path, env: dict, log_path: Path) -> tuple[
     return ended - started, events(done.stdout + done.stderr, started, ended)
 
 
-def variant_env(folder: Path, extra: dict | None = None) -> dict:
+def variant_env(folder: Path, **extra: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    env.update({"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}",
-                "TORCHYARD_WORK_DIR": str(folder / "work"), "PREFECT_HOME": str(folder / "prefect"),
-                "TORCHYARD_CACHE_DIR": str(folder / "cache"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "TORCHYARD_STARTUP_TRACE": "1"})
-    env.update(extra or {})
-    return env
+    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    return store_env(folder, base=base, TORCHYARD_STARTUP_TRACE="1", **extra)
+
+
+def log_name(variant: str, suffix) -> str:
+    return f"{re.sub(r'[^a-z]+', '-', variant.lower())}-{suffix}.log"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", type=Path, help="another checkout whose train.py is timed too (same venv)")
-    args = parser.parse_args()
+    options = parser(__doc__, {"--rounds": 3})
+    options.add_argument("--compare", type=Path, help="another checkout whose train.py is timed too (same venv)")
+    args = options.parse_args()
 
     from flows import warm_process
     from flows.prefect_server import TemporaryServer
@@ -129,36 +120,32 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="torchyard-bench-startup-"))
     script = work / "hgb_breast_cancer.py"
     script.write_text(SKLEARN_SCRIPT)
-    python = sys.executable
+    train = [sys.executable, "train.py", *COMMAND]
     sockets = Path(tempfile.mkdtemp(prefix="tyb", dir="/tmp"))  # this benchmark's own warm process, a short path
-    warm_env = variant_env(work / "warm", {"TORCHYARD_WARM_PROCESS": "900", "TMPDIR": str(sockets)})
-    variants = {"train.py": ([python, "train.py", *COMMAND], REPO, warm_env),
-                "train.py, cold": ([python, "train.py", *COMMAND], REPO,
-                                   variant_env(work / "cold", {"TORCHYARD_WARM_PROCESS": "0"}))}
-    server_env = variant_env(work / "running", {"TORCHYARD_WARM_PROCESS": "0"})
+    warm_env = variant_env(work / "warm", TORCHYARD_WARM_PROCESS="900", TMPDIR=str(sockets))
+    variants = {"train.py": (train, REPO, warm_env),
+                "train.py, cold": (train, REPO, variant_env(work / "cold", TORCHYARD_WARM_PROCESS="0"))}
+    server_env = variant_env(work / "running", TORCHYARD_WARM_PROCESS="0")
     server = TemporaryServer(server_env)  # a server that is already up, as with `make demo` or PREFECT_API_URL
     server.wait()
-    variants["train.py, cold, server running"] = ([python, "train.py", *COMMAND], REPO,
-                                                  {**server_env, "PREFECT_API_URL": server.api_url})
+    variants["train.py, cold, server running"] = (train, REPO, {**server_env, "PREFECT_API_URL": server.api_url})
     if args.compare:
-        variants[f"train.py in {args.compare}"] = ([python, "train.py", *COMMAND], args.compare.resolve(),
-                                                  variant_env(work / "compare", {"TORCHYARD_WARM_PROCESS": "0"}))
-    variants["scikit-learn script"] = ([python, str(script)], REPO, variant_env(work / "sklearn"))
+        variants[f"train.py in {args.compare}"] = (train, args.compare.resolve(),
+                                                  variant_env(work / "compare", TORCHYARD_WARM_PROCESS="0"))
+    variants["scikit-learn script"] = ([sys.executable, str(script)], REPO, variant_env(work / "sklearn"))
 
     seconds = {name: [] for name in variants}
     steps = {name: [] for name in variants}
     try:
         for name, (command, cwd, env) in variants.items():  # untimed: creates each store and database
-            run_once(command, cwd, env, work / f"{re.sub(r'[^a-z]+', '-', name.lower())}-first.log")
+            run_once(command, cwd, env, work / log_name(name, "first"))
         # untimed: the first run left a warm process behind; this one waits until it is ready
-        run_once(variants["train.py"][0], REPO, warm_env, work / "train-py-second.log")
-        for round_no in range(args.rounds):
-            for name, (command, cwd, env) in variants.items():
-                log = work / f"{re.sub(r'[^a-z]+', '-', name.lower())}-{round_no}.log"
-                total, found = run_once(command, cwd, env, log)
-                seconds[name].append(total)
-                steps[name].append(found)
-                print(f"round {round_no + 1}: {name}: {total:.2f} s", flush=True)
+        run_once(train, REPO, warm_env, work / "train-py-second.log")
+        for round_no, name in interleaved(variants, args.rounds):
+            total, found = run_once(*variants[name], work / log_name(name, round_no))
+            seconds[name].append(total)
+            steps[name].append(found)
+            print(f"round {round_no + 1}: {name}: {total:.2f} s", flush=True)
     finally:
         server.stop()
         warm_process.stop_all(warm_env)
@@ -179,11 +166,9 @@ def main() -> int:
     print("| step | " + " | ".join(trains) + " |")
     print("|---|" + "---|" * len(trains))
     for row, begin, end in STEPS:
-        cells = []
-        for name in trains:
-            values = [found[end] - found[begin] for found in steps[name] if begin in found and end in found]
-            cells.append(f"{statistics.median(values):.2f}" if values else "-")
-        print(f"| {row} | " + " | ".join(cells) + " |")
+        values = [[found[end] - found[begin] for found in steps[name] if begin in found and end in found]
+                  for name in trains]
+        print(f"| {row} | " + " | ".join(f"{statistics.median(v):.2f}" if v else "-" for v in values) + " |")
     return 0
 
 

@@ -13,17 +13,14 @@ It prints each peak, the streamed peak above the floor as a share of the budget 
 once stays within the budget), and in-memory over streamed. Memory, unlike time, is not noisy here; the times are
 printed for information.
 """
-import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, parser, peak_rss_bytes, run_json, timed
+
 N_CLASSES = 4
 
 
@@ -54,10 +51,8 @@ def write_table(path: Path, rows: int, features: int, seed: int = 0, chunk: int 
 def child(args) -> None:
     """One scenario in this (fresh) process; prints a JSON line with its peak RSS."""
     scratch = Path(args.scratch)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / f'mlflow-{args.child}.db'}"
-    os.environ["TORCHYARD_WORK_DIR"] = str(scratch / f"work-{args.child}")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    sys.path.insert(0, str(REPO))
+    os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{scratch / f'mlflow-{args.child}.db'}",
+                      TORCHYARD_WORK_DIR=str(scratch / f"work-{args.child}"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     from flows.config import ExportConfig
     from flows.train_flow import train_flow
     from models.config import ModelConfig
@@ -65,37 +60,23 @@ def child(args) -> None:
     from training.config import EarlyStoppingConfig, TrainerConfig
 
     budget = None if args.child == "memory" else args.budget_mb
-    started = time.perf_counter()
-    result = train_flow(data=DataConfig(source=args.data, target="label", memory_budget_mb=budget),
-                        model=ModelConfig(type="mlp"),
-                        train=TrainerConfig(n_epochs=args.epochs, batch_size=1024,
-                                            early_stopping=EarlyStoppingConfig(patience=args.epochs + 1)),
-                        export=ExportConfig(register_model=False), experiment=f"bench-{args.child}")
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"scenario": args.child, "peak_bytes": peak, "seconds": seconds, "metrics": result["metrics"]}))
+    seconds, result = timed(train_flow, data=DataConfig(source=args.data, target="label", memory_budget_mb=budget),
+                            model=ModelConfig(type="mlp"),
+                            train=TrainerConfig(n_epochs=args.epochs, batch_size=1024,
+                                                early_stopping=EarlyStoppingConfig(patience=args.epochs + 1)),
+                            export=ExportConfig(register_model=False), experiment=f"bench-{args.child}")
+    print(json.dumps({"scenario": args.child, "peak_bytes": peak_rss_bytes(), "seconds": seconds,
+                      "metrics": result["metrics"]}))
 
 
 def run_child(name: str, data: Path, scratch: Path, args) -> dict:
-    command = [sys.executable, __file__, "--child", name, "--data", str(data), "--scratch", str(scratch),
-               "--budget-mb", str(args.budget_mb), "--epochs", str(args.epochs)]
-    process = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    lines = [line for line in process.stdout.splitlines() if line.startswith("{\"scenario\"")]
-    if process.returncode != 0 or not lines:
-        sys.exit(f"scenario {name} failed ({process.returncode}):\n{process.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return run_json([sys.executable, __file__, "--child", name, "--data", str(data), "--scratch", str(scratch),
+                     "--budget-mb", str(args.budget_mb), "--epochs", str(args.epochs)], f"scenario {name}", cwd=REPO)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-mb", type=int, default=256)
-    parser.add_argument("--factor", type=float, default=3.0)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--child")
-    parser.add_argument("--data")
-    parser.add_argument("--scratch")
-    args = parser.parse_args()
+    args = parser(__doc__, {"--budget-mb": 256, "--factor": 3.0, "--features": 32, "--epochs": 1, "--child": None,
+                            "--data": None, "--scratch": None}).parse_args()
     if args.child:
         return child(args)
 

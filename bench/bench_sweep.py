@@ -25,24 +25,18 @@ default (--concurrency): the numbers then depend on the seed only (it also draws
 variant and seed, and ratios against the random search and against TPE measured in the same run, at the same seed.
 No targets are asserted: a benchmark reports.
 """
-import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import parser, store_env
+
 SCRATCH = Path(tempfile.mkdtemp(prefix="torchyard-bench-sweep-"))
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SCRATCH / 'mlflow' / 'mlflow.db'}"
-os.environ["TORCHYARD_WORK_DIR"] = str(SCRATCH / "work")
-os.environ["TORCHYARD_CACHE_DIR"] = str(SCRATCH / "cache")
-os.environ["PREFECT_HOME"] = str(SCRATCH / "prefect")
+os.environ.update(store_env(SCRATCH, base={}))
 (SCRATCH / "prefect").mkdir()  # the temporary server does not create it
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of its own (main), not a local stack's
 
 SPACE = {
@@ -58,20 +52,25 @@ VARIANTS = {  # name: (sampler, pruner)
 }
 
 
-def run_variant(name: str, args, seed: int) -> dict:
+def sweep(data: str, train: dict, study: dict, **flow) -> dict:
+    """One sweep_flow call, the path a user takes; the best trial is never registered."""
     from flows.sweep_flow import SweepConfig, sweep_flow
     from preprocessing.config import DataConfig
     from training.config import TrainerConfig
 
+    return sweep_flow(sweep=SweepConfig(**study, register_best=False), data=DataConfig(source=data),
+                      train=TrainerConfig(**train), **flow)
+
+
+def run_variant(name: str, args, seed: int) -> dict:
     sampler, pruner = VARIANTS[name]
-    sweep = SweepConfig(parameters=SPACE, sampler=sampler, pruner=pruner, n_trials=args.trials,
-                        startup_trials=args.startup_trials, pruner_startup_trials=args.pruner_startup_trials,
-                        pruner_warmup_epochs=args.warmup_epochs, metric="best_val_loss",
-                        max_concurrency=args.concurrency, register_best=False)
     started, cpu = time.perf_counter(), time.process_time()
-    result = sweep_flow(sweep=sweep, data=DataConfig(source=args.data),
-                        train=TrainerConfig(n_epochs=args.epochs, batch_size=args.batch_size),
-                        experiment=f"bench-sweep-{name}-{seed}-{uuid.uuid4().hex[:6]}", seed=seed)
+    result = sweep(args.data, {"n_epochs": args.epochs, "batch_size": args.batch_size},
+                   {"parameters": SPACE, "sampler": sampler, "pruner": pruner, "n_trials": args.trials,
+                    "startup_trials": args.startup_trials, "pruner_startup_trials": args.pruner_startup_trials,
+                    "pruner_warmup_epochs": args.warmup_epochs, "metric": "best_val_loss",
+                    "max_concurrency": args.concurrency},
+                   experiment=f"bench-sweep-{name}-{seed}-{uuid.uuid4().hex[:6]}", seed=seed)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     trials = result["trials"]
     best = result["best"] or {"metrics": {}}
@@ -80,39 +79,24 @@ def run_variant(name: str, args, seed: int) -> dict:
         "variant": name, "seed": seed, "wall": wall, "cpu": cpu,
         "best_val_loss": best["metrics"].get("best_val_loss", float("nan")),
         "test_metric": test_metric, "test_value": best["metrics"].get(test_metric, float("nan")),
-        "complete": sum(t["status"] == "COMPLETE" for t in trials),
-        "pruned": sum(t["status"] == "PRUNED" for t in trials),
-        "failed": sum(t["status"] == "FAILED" for t in trials),
+        **{status.lower(): sum(t["status"] == status for t in trials) for status in ("COMPLETE", "PRUNED", "FAILED")},
         "epochs": sum(t.get("epochs") or t.get("pruned_epoch") or 0 for t in trials),
         "best_params": best.get("overrides", {}),
     }
 
 
-def warm_up(args) -> None:
-    """One untimed 1-trial, 1-epoch sweep: Prefect's temporary server, the MLflow database, first imports."""
-    from flows.sweep_flow import SweepConfig, sweep_flow
-    from preprocessing.config import DataConfig
-    from training.config import TrainerConfig
-
-    sweep = SweepConfig(parameters={"train.lr": SPACE["train.lr"]}, sampler="random", pruner="none", n_trials=1,
-                        register_best=False)
-    sweep_flow(sweep=sweep, data=DataConfig(source=args.data), train=TrainerConfig(n_epochs=1),
-               experiment="bench-sweep-warm-up")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="sklearn:diabetes", help="any data.source; default the diabetes sample")
-    parser.add_argument("--trials", type=int, default=16, help="trials per variant (default 16)")
-    parser.add_argument("--seeds", default="42", help="comma-separated run seeds; each runs every variant")
-    parser.add_argument("--epochs", type=int, default=40, help="train.n_epochs of every trial (default 40)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--startup-trials", type=int, default=5, help="TPE: random trials first (default 5)")
-    parser.add_argument("--pruner-startup-trials", type=int, default=3, help="median: finished trials before any "
-                        "is pruned (default 3)")
-    parser.add_argument("--warmup-epochs", type=int, default=5, help="median: epochs never pruned (default 5)")
-    parser.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1: reproducible)")
-    args = parser.parse_args()
+    args = parser(__doc__, {
+        "--data": ("sklearn:diabetes", "any data.source; default the diabetes sample"),
+        "--trials": (16, "trials per variant (default 16)"),
+        "--seeds": ("42", "comma-separated run seeds; each runs every variant"),
+        "--epochs": (40, "train.n_epochs of every trial (default 40)"),
+        "--batch-size": 32,
+        "--startup-trials": (5, "TPE: random trials first (default 5)"),
+        "--pruner-startup-trials": (3, "median: finished trials before any is pruned (default 3)"),
+        "--warmup-epochs": (5, "median: epochs never pruned (default 5)"),
+        "--concurrency": (1, "trials at once (default 1: reproducible)"),
+    }).parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
 
     import torch
@@ -133,7 +117,9 @@ def main() -> None:
     try:
         print(f"temporary Prefect server answered in {server.wait():.1f}s", flush=True)
         started = time.perf_counter()
-        warm_up(args)
+        # one untimed 1-trial, 1-epoch sweep: Prefect's temporary server, the MLflow database, first imports
+        sweep(args.data, {"n_epochs": 1}, {"parameters": {"train.lr": SPACE["train.lr"]}, "sampler": "random",
+                                           "pruner": "none", "n_trials": 1}, experiment="bench-sweep-warm-up")
         print(f"warm-up sweep (untimed in the table): {time.perf_counter() - started:.1f}s\n", flush=True)
         rows = []
         for seed in seeds:

@@ -12,19 +12,16 @@ Synthetic classification data (rows x features, 4 classes), 5 epochs on the CPU.
 The flow runs twice (the first run pays for starting Prefect's temporary server and creating the MLflow store), the
 bare loop three times around them; each side's fastest run is compared (machines here are noisy).
 """
-import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import common
+
 SCRATCH = Path(tempfile.mkdtemp(prefix="torchyard-bench-"))
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SCRATCH / 'mlflow.db'}"
-os.environ["TORCHYARD_WORK_DIR"] = str(SCRATCH / "work")
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{SCRATCH / 'mlflow.db'}", TORCHYARD_WORK_DIR=str(SCRATCH / "work"),
+                  PREFECT_SERVER_ANALYTICS_ENABLED="false")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -76,11 +73,7 @@ def bare_loop(frame: pd.DataFrame, model_config: ModelConfig, config: TrainerCon
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=5)
-    args = parser.parse_args()
+    args = common.parser(__doc__, {"--rows": 200_000, "--features": 32, "--epochs": 5}).parse_args()
 
     frame = synthetic(args.rows, args.features)
     source = SCRATCH / "synthetic.parquet"
@@ -99,10 +92,10 @@ def main() -> None:
 
     bare, steps, totals, logging_ms = [bare_loop(frame, model_config, config, seed=0)], [], [], []
     for _ in range(2):
-        started = time.perf_counter()
-        result = train_flow(data=DataConfig(source=str(source), target="label"), model=model_config, train=config,
-                            export=ExportConfig(register_model=False), experiment="bench")
-        totals.append(time.perf_counter() - started)
+        total, result = common.timed(train_flow, data=DataConfig(source=str(source), target="label"),
+                                     model=model_config, train=config, export=ExportConfig(register_model=False),
+                                     experiment="bench")
+        totals.append(total)
         metrics = tracking.configure().get_run(result["run_id"]).data.metrics
         steps.append(metrics["train_seconds"])
         logging_ms.append(metrics["mlflow_logging_seconds"] * 1000 / args.epochs)

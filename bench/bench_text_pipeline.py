@@ -13,21 +13,17 @@ Measured in one run, on the same texts:
              Counter), for a ratio on equal work.
 Ratios are project / baseline and project / same-work; the machine is noisy, so compare ratios, not seconds.
 """
-import argparse
 import collections
 import re
 import sys
-import time
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from preprocessing import text  # noqa: E402
-from preprocessing.config import TextConfig  # noqa: E402
+from common import parser, timed
+from preprocessing import text
+from preprocessing.config import TextConfig
 
 TARGET = {"name": "label", "task": "classification", "classes": [], "mean": 0.0, "std": 1.0}
 
@@ -43,14 +39,12 @@ def generate(megabytes: float, seed: int = 0) -> pd.Series:
     extras = ["😀", "👍", "❤️", "!!", "...", "?", "3,000원", "https://example.com/p?id=42", "<br>", "ㅋㅋ", "a@b.co"]
     pieces, size, target = [], 0, megabytes * 1e6
     while size < target:
-        n_texts = 20000
-        lengths = rng.integers(5, 61, n_texts)
+        lengths = rng.integers(5, 61, 20000)
         ranks = np.minimum(rng.zipf(1.3, lengths.sum()), len(words)) - 1
         tokens = np.array(words, dtype=object)[ranks]
         extra = rng.random(len(tokens)) < 0.05
         tokens[extra] = rng.choice(extras, int(extra.sum()))
-        bounds = np.cumsum(lengths)
-        batch = [" ".join(chunk) for chunk in np.split(tokens, bounds[:-1])]
+        batch = [" ".join(chunk) for chunk in np.split(tokens, np.cumsum(lengths)[:-1])]
         pieces += batch
         size += sum(len(t.encode()) for t in batch)
     return pd.Series(pieces, dtype=object)
@@ -79,20 +73,9 @@ def same_work(texts) -> collections.Counter:
     return counts
 
 
-def timed(function, *args, repeat: int = 1) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = function(*args)
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=50.0, help="megabytes of UTF-8 text to generate")
-    parser.add_argument("--repeat", type=int, default=1, help="best of N runs of each")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, {"--mb": (50.0, "megabytes of UTF-8 text to generate"),
+                            "--repeat": (1, "best of N runs of each")}).parse_args(argv)
 
     texts = generate(args.mb)
     megabytes = sum(len(t.encode()) for t in texts) / 1e6

@@ -1,5 +1,5 @@
 """Headless Chromium driven over the DevTools protocol: open a page, wait until it shows something, read its text,
-click, and photograph the viewport, the whole page or one element. Used by mlflow_screenshots.py; needs Debian's
+click, and photograph the viewport. Used by mlflow_screenshots.py; needs Debian's
 `chromium` and the `websockets` package (a dependency of Prefect's, so in the venv already).
 
     with Browser() as b:
@@ -7,15 +7,14 @@ click, and photograph the viewport, the whole page or one element. Used by mlflo
         print(b.js("document.title"))
         b.screenshot("runs.png")
 
-One profile per Browser (a temporary folder unless `profile` is given): a fresh browser, as a new user's is, with
-no column choice or view remembered in its local storage. The same profile across two Browsers keeps them.
+A fresh temporary profile per Browser: as a new user's browser, with no column choice or view remembered in its
+local storage.
 """
 import base64
+import contextlib
 import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from scripts.local_stack import stop
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
          "--hide-scrollbars", "--remote-debugging-port=0", "--remote-allow-origins=*"]
@@ -31,10 +32,8 @@ CLICKABLE = "button, [role=button], [role=menuitem], [role=option], a"
 
 
 class Browser:
-    def __init__(self, width: int = 1500, height: int = 900, profile: str | None = None, start_timeout: float = 60):
-        self.own_profile = profile is None
-        self.profile = Path(profile or tempfile.mkdtemp(prefix="chromium-"))
-        (self.profile / "DevToolsActivePort").unlink(missing_ok=True)
+    def __init__(self, width: int = 1500, height: int = 900, start_timeout: float = 60):
+        self.profile = Path(tempfile.mkdtemp(prefix="chromium-"))
         self.process = subprocess.Popen(["chromium", *FLAGS, f"--user-data-dir={self.profile}",
                                          f"--window-size={width},{height}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -48,7 +47,7 @@ class Browser:
         except BaseException:
             self.close()
             raise
-        self.size(width, height)
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
     def _port(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -79,9 +78,6 @@ class Browser:
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
-
-    def size(self, width: int, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
     def text(self) -> str:
         return self.js("document.body ? document.body.innerText : ''") or ""
@@ -115,11 +111,11 @@ class Browser:
         self.call("Page.navigate", url=url)
         return self.wait(until, timeout)
 
-    def find(self, text: str, selector: str = CLICKABLE) -> dict | None:
-        """The viewport box ({x, y, width, height}) of the first visible element matching `selector` whose text (or
-        aria-label) is `text` (its innermost descendant with that text), scrolled into view; None when there is
-        none."""
-        return self.js(f"""(() => {{
+    def click(self, text: str, selector: str = CLICKABLE, settle: float = 1.5) -> bool:
+        """Click, with the mouse as a user does (menus open on pointer events, not on element.click()), the first
+        visible element matching `selector` whose text (or aria-label) is `text` (its innermost descendant with that
+        text, scrolled into view); False when there is none."""
+        box = self.js(f"""(() => {{
             const want = {json.dumps(text)};
             const label = e => (e.innerText || e.getAttribute('aria-label') || '').trim();
             for (let e of document.querySelectorAll({json.dumps(selector)})) {{
@@ -134,11 +130,6 @@ class Browser:
                 }}
             }}
             return null; }})()""")
-
-    def click(self, text: str, selector: str = CLICKABLE, settle: float = 1.5) -> bool:
-        """Click, with the mouse as a user does (menus open on pointer events, not on element.click()), the first
-        visible element matching `selector` whose text (or aria-label) is `text`; False when there is none."""
-        box = self.find(text, selector)
         if not box:
             return False
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -161,38 +152,18 @@ class Browser:
             }}
             return false; }})()"""))
 
-    def screenshot(self, path, full_page: bool = False) -> Path:
-        """The viewport (or, with `full_page`, the whole document) as a PNG."""
-        params = {"format": "png"}
-        if full_page:
-            width, height = self.js("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": width, "height": height,
-                                                          "scale": 1})
-        data = self.call("Page.captureScreenshot", **params)["data"]
+    def screenshot(self, path) -> Path:
+        """The viewport as a PNG."""
         path = Path(path)
-        path.write_bytes(base64.b64decode(data))
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         return path
 
     def close(self) -> None:
-        ws = getattr(self, "ws", None)
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:
-                pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)  # its own group: chromium's helpers too
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        with contextlib.suppress(Exception):  # AttributeError: no connection was made
+            self.ws.close()
+        stop(self.process, timeout=10)  # its own process group: chromium's helpers too
         self.process.wait()
-        if self.own_profile:
-            shutil.rmtree(self.profile, ignore_errors=True)
+        shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self):
         return self

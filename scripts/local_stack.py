@@ -23,8 +23,8 @@ DEFAULT_PORT = int(os.environ.get("TORCHYARD_PREFECT_PORT", "4200"))
 
 def stack_env(port: int, home: Path, mlflow_uri: str | None = None) -> dict:
     """Environment for every prefect command and the worker (whose flow runs inherit it)."""
-    env = dict(os.environ)
-    env.update({
+    return {
+        **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
@@ -36,10 +36,8 @@ def stack_env(port: int, home: Path, mlflow_uri: str | None = None) -> dict:
         "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
         "TORCHYARD_HOME": str(REPO),
         "PYTHONUNBUFFERED": "1",
-    })
-    if mlflow_uri:
-        env["MLFLOW_TRACKING_URI"] = mlflow_uri
-    return env
+        **({"MLFLOW_TRACKING_URI": mlflow_uri} if mlflow_uri else {}),
+    }
 
 
 def prefect(*args: str, env: dict, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -98,19 +96,19 @@ def stop(process_or_pid, timeout: float = 15) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid, process_or_pid):
+            if not _alive(process_or_pid):
                 return
             time.sleep(0.2)
 
 
-def _alive(pid: int, process_or_pid) -> bool:
+def _alive(process_or_pid) -> bool:
     if isinstance(process_or_pid, subprocess.Popen):
         return process_or_pid.poll() is None
     try:
-        os.kill(pid, 0)
-        return True
+        os.kill(process_or_pid, 0)
     except ProcessLookupError:
         return False
+    return True
 
 
 def up(port: int) -> dict:
@@ -121,9 +119,10 @@ def up(port: int) -> dict:
         print(f"Prefect server started on http://127.0.0.1:{port} (log: {STATE / 'server.log'})")
     record_server(env)
     deploy(env)
-    if not _pid_alive(STATE / "worker.pid"):
+    worker_pid = STATE / "worker.pid"
+    if not (worker_pid.exists() and _alive(int(worker_pid.read_text()))):
         worker = start_worker(env, STATE / "worker.log")
-        (STATE / "worker.pid").write_text(str(worker.pid))
+        worker_pid.write_text(str(worker.pid))
         print(f"worker started on pool '{POOL}' (log: {STATE / 'worker.log'})")
     return env
 
@@ -133,10 +132,6 @@ def record_server(env: dict) -> None:
     a temporary server (flows/prefect_server.py) while the stack is up."""
     (STATE / "server.url").write_text(env["PREFECT_API_URL"])
     (STATE / "server.home").write_text(env["PREFECT_HOME"])
-
-
-def _pid_alive(pid_file: Path) -> bool:
-    return pid_file.exists() and _alive(int(pid_file.read_text()), int(pid_file.read_text()))
 
 
 def down() -> None:
@@ -235,13 +230,13 @@ def main() -> int:
     parser.add_argument("deployment", nargs="?", default="wine-classifier")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args()
+    if args.command == "demo":
+        return demo(args.port, args.deployment)
     if args.command == "down":
         down()
-        return 0
-    if args.command == "up":
+    else:
         up(args.port)
-        return 0
-    return demo(args.port, args.deployment)
+    return 0
 
 
 if __name__ == "__main__":

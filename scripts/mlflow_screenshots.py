@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from scripts.local_stack import stop  # noqa: E402
 VIEW_PREFIX = "mlflow.sharedViewState."  # a saved view of the runs list (MLflow 3.17's Views menu): an experiment tag
 HEADERS = "[...document.querySelectorAll('[role=columnheader]')].map(e => e.innerText.trim()).filter(Boolean)"
 NO_COMMON = "No common artifacts to display."
@@ -98,12 +98,10 @@ def saved_view(uri: str, experiment_id: str) -> str | None:
     """The id of torchyard's saved view on the experiment (the tag tasks/tracking.py writes), else None."""
     from mlflow import MlflowClient
 
-    try:
-        from tasks.tracking import RUNS_VIEW as wanted
-    except ImportError:  # a torchyard that writes no saved view
-        wanted = "torchyard"
+    from tasks.tracking import RUNS_VIEW
+
     tags = MlflowClient(uri).get_experiment(experiment_id).tags
-    return wanted if f"{VIEW_PREFIX}{wanted}" in tags else None
+    return RUNS_VIEW if f"{VIEW_PREFIX}{RUNS_VIEW}" in tags else None
 
 
 def metric_names(uri: str, experiment_id: str) -> set:
@@ -130,18 +128,8 @@ def start_ui(uri: str, timeout: float = 300) -> tuple[subprocess.Popen, int]:
             return ui, port
         except OSError:
             time.sleep(1)
-    stop_ui(ui)
+    stop(ui)
     raise TimeoutError(f"mlflow ui did not answer within {timeout:.0f} s")
-
-
-def stop_ui(ui: subprocess.Popen) -> None:
-    if ui.poll() is None:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
 
 
 def photograph(runs: dict, out: Path, port: int) -> list[str]:
@@ -169,21 +157,21 @@ def photograph(runs: dict, out: Path, port: int) -> list[str]:
                  "matching run", columns)
     print(f"  a fresh browser's runs list: columns {plain}")
     view = saved_view(runs["uri"], experiment)
+    url = f"{base}/experiments/{experiment}/runs?workflowType=machine_learning"
+    shown = shot("runs.png", url + (f"&viewStateShareKey={view}" if view else ""), 1500, 900, "matching run", columns)
     if view:
-        url = f"{base}/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey={view}"
-        shown = shot("runs.png", url, 1500, 900, "matching run", columns)
         print(f"  in the saved view {view!r}: columns {shown}")
     else:
-        shown = shot("runs.png", f"{base}/experiments/{experiment}/runs?workflowType=machine_learning", 1500, 900,
-                     "matching run", columns)
         print(f"  the experiment has no saved view ({VIEW_PREFIX}<id> tag): MLflow's default columns {shown}")
     metrics_shown = [c for c in shown if c in known]
     if not metrics_shown:
         problems.append("the runs list shows no metric column")
 
+    def compare_url(ids: list) -> str:
+        return f'{base}/compare-runs?runs={json.dumps(ids)}&experiments=["{experiment}"]&workflowType=machine_learning'
+
     if runs["compare"]:
-        ids = json.dumps(runs["compare"])
-        url = f'{base}/compare-runs?runs={ids}&experiments=["{experiment}"]&workflowType=machine_learning'
+        url = compare_url(runs["compare"])
         shot("compare.png", url, 1700, 1300, "Run details")
 
         def artifacts(b, timeout=60):
@@ -213,9 +201,7 @@ def photograph(runs: dict, out: Path, port: int) -> list[str]:
     if runs["model"]:
         shot("registry.png", f"{base}/models/{runs['model']}?workflowType=machine_learning", 1700, 800, "Version")
     if runs["trials"]:
-        ids = json.dumps(runs["trials"])
-        shot("sweep.png", f'{base}/compare-runs?runs={ids}&experiments=["{experiment}"]&workflowType=machine_learning',
-             1700, 1100, "Run details")
+        shot("sweep.png", compare_url(runs["trials"]), 1700, 1100, "Run details")
     return problems
 
 
@@ -238,7 +224,7 @@ def main(argv=None) -> int:
         try:
             problems = photograph(runs, out, port)
         finally:
-            stop_ui(ui)
+            stop(ui, timeout=20)
     finally:
         if work and args.keep:
             print(f"the store is kept: MLFLOW_TRACKING_URI=sqlite:///{work / 'mlflow.db'}")
