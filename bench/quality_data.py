@@ -86,8 +86,7 @@ def animals(out: Path) -> list[str]:
     images = images.reshape(len(images), 28, 28)
     if images.max() <= 1:
         images = images * 255
-    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)  # 284 exact duplicates
-    keep = np.sort(first)
+    keep = np.sort(np.unique(images.reshape(len(images), -1), axis=0, return_index=True)[1])  # 284 exact duplicates
     return _image_folder(images[keep], labels[keep], out)
 
 

@@ -42,13 +42,10 @@ def settings() -> list[tuple[str, object]]:
 
 def short_names(paths: list[str]) -> dict[str, str]:
     """short flag -> dotted setting: ALIASES, then every field name that only one setting has."""
-    counts = Counter(path.rsplit(".", 1)[-1] for path in paths)
-    short = dict(ALIASES)
-    for path in paths:
-        name = path.rsplit(".", 1)[-1]
-        if counts[name] == 1 and name not in NOT_SHORT and name not in short:
-            short[name] = path
-    return short
+    names = [path.rsplit(".", 1)[-1] for path in paths]
+    counts = Counter(names)
+    return {**ALIASES, **{name: path for name, path in zip(names, paths)
+                          if counts[name] == 1 and name not in NOT_SHORT and name not in ALIASES}}
 
 
 def _scalar(value: str):

@@ -158,8 +158,7 @@ def _run_tags(config: RunConfig, run_key: str) -> dict:
     tags = {"prefect.flow_run_id": run_key,
             "torchyard.config_hash": config.config_hash(),
             "torchyard.data_type": config.data.data_type}
-    ui = PREFECT_UI_URL.value()
-    if ui and flow_run.id:
+    if (ui := PREFECT_UI_URL.value()) and flow_run.id:
         tags["prefect.flow_run_url"] = f"{ui.rstrip('/')}/runs/flow-run/{flow_run.id}"
     if commit := _git_commit():
         tags["mlflow.source.git.commit"] = commit

@@ -6,16 +6,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.archs import ARCHS, arch_of, check_image_size
 
-MLP_LAYERS, TEXT_LAYERS = 3, 1
 PERIODIC_MIN_ROWS = 1000
 
 
 def default_layers(model_type: str, image_size: int | None = None) -> int:
-    """n_layers when not given: 3 for an MLP, TEXT_LAYERS for texts, and for a CNN one pooling block per halving
+    """n_layers when not given: 3 for an MLP, 1 for texts, and for a CNN one pooling block per halving
     from image_size down to about 4 px (2 to 5 blocks), so the receptive field grows with the image."""
     if model_type == "cnn":
         return int(min(5, max(2, round(math.log2((image_size or 32) / 4)))))
-    return TEXT_LAYERS if model_type == "text" else MLP_LAYERS
+    return 1 if model_type == "text" else 3
 
 
 class ModelConfig(BaseModel):

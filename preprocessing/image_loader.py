@@ -29,9 +29,6 @@ class _AugmentedBatches(Dataset):
         self._pipeline.set_random_seed(torch.initial_seed() % 2**32)
         self._transform = ImageTransform(self.state) if self.normalize else None
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def __getitem__(self, positions):
         if self._images is None:
             self._open()

@@ -7,6 +7,7 @@ memory; the features of each split are appended to .npy files that training read
 """
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +80,9 @@ class ParquetStream:
             raise DataError(f"{self.name} has no columns")
         if self.n_rows == 0:
             raise DataError(f"{self.name} has a schema but no data rows")
+        self.columns = list(self.schema.names)
         self.budget = MemoryBudget(memory_budget_mb)
         self.batch_rows = batch_rows or self.budget.record_batch_rows(self.schema)
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.schema.names)
 
     def batches(self, columns: list[str] | None = None):
         """(first row, arrow RecordBatch) pairs, file after file. Column chunks are not pre-buffered and nothing is
@@ -131,22 +129,17 @@ def validate_stream(stream: ParquetStream, config: DataConfig) -> TableSchema:
     out by every later pass."""
     name, target, notes = stream.name, check_target(stream.columns, config, stream.name), []
     candidates = feature_candidates(stream.columns, config, target, name)
-    values = {c: 0 for c in candidates}
-    numeric: dict[str, bool] = {}
+    numeric: dict[str, bool] = {}  # the columns with a value, and whether they are numeric
     null_targets, counts, distinct, dtype = 0, pd.Series(dtype="int64"), set(), None
     for first, frame in stream.frames(candidates + [target]):
         for column in candidates:
-            present = frame[column].notna()
-            values[column] += int(present.sum())
-            if present.any():
+            if frame[column].notna().any():
                 numeric[column] = is_numeric_feature(frame[column], column, name, first)
                 if numeric[column]:  # values float32 cannot hold, named by the file's data row
                     present_values = frame[column].to_numpy(dtype="float64", na_value=0.0)
                     check_float32(present_values, column, name, frame[column], first + row_numbers(frame))
-        labels = frame[target]
-        keep = labels.notna().to_numpy()
-        null_targets += int((~keep).sum())
-        labels = labels[keep]  # index: row in the batch, for the row numbers in errors
+        labels = frame[target].dropna()  # index: row in the batch, for the row numbers in errors
+        null_targets += len(frame) - len(labels)
         dtype = labels.dtype
         numbers = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
         if config.task == "regression" or (config.task == "auto" and numbers):
@@ -162,7 +155,7 @@ def validate_stream(stream: ParquetStream, config: DataConfig) -> TableSchema:
         raise DataError(f"target column '{target}' in {name} has no values: all {stream.n_rows} rows are null")
     if null_targets:
         notes.append(f"dropped {null_targets} rows whose target '{target}' is null")
-    usable = usable_features(candidates, [c for c in candidates if values[c] == 0], name, notes)
+    usable = usable_features(candidates, [c for c in candidates if c not in numeric], name, notes)
     typed = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
     task = decide_task(pd.Series(list(distinct), dtype=dtype if typed else object), config.task)
     classes = check_class_counts(counts.astype("int64"), target, name) if task == "classification" else []
@@ -185,11 +178,8 @@ def target_rows(stream: ParquetStream, target: str) -> tuple[np.ndarray, pd.Seri
     if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
         encoded = labels.combine_chunks().dictionary_encode()
         categories = encoded.dictionary.to_pylist()
-        order = np.argsort(np.array(categories, dtype=object))
-        rank = np.empty(len(order), dtype=np.int32)
-        rank[order] = np.arange(len(order), dtype=np.int32)
-        codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-        series = pd.Series(pd.Categorical.from_codes(codes, [categories[i] for i in order]))
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        series = pd.Series(pd.Categorical.from_codes(codes, categories).reorder_categories(sorted(categories)))
     else:
         series = pd.Series(labels.to_pandas(types_mapper=_NULLABLE.get))
     return np.concatenate(positions), series
@@ -247,7 +237,9 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
     every_writer = [writer for pair in writers.values() for writer in pair]
     drop_rows = state["config"]["missing"] == "drop_rows"
     test_writer = None
-    try:
+    with ExitStack() as files:
+        for writer in every_writer:
+            files.enter_context(writer.file)
         for first, batch in stream.batches():
             where = assignment[first:first + batch.num_rows]
             frame = to_frame(batch)
@@ -259,18 +251,13 @@ def write_splits(stream: ParquetStream, assignment: np.ndarray, state: dict, tra
                 part = frame[mask]
                 if name == "test":
                     rows = batch.filter(pa.array(mask))
-                    test_writer = test_writer or pq.ParquetWriter(test_rows, rows.schema)
+                    test_writer = test_writer or files.enter_context(pq.ParquetWriter(test_rows, rows.schema))
                     test_writer.write_batch(rows)
                 if name == "train" and drop_rows:
                     part = part.dropna(subset=transform.input_columns)
                 features, targets = writers[name]
                 features.write(transform.features(part, f"the {name} split"))
                 targets.write(transform.encode_target(part[transform.target.name]))
-    finally:
-        for writer in every_writer:
-            writer.file.close()
-        if test_writer is not None:
-            test_writer.close()
     for writer in every_writer:
         writer.check()
     buffer_rows = stream.budget.buffer_rows(transform.n_features)

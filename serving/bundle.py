@@ -33,19 +33,13 @@ class ModelBundle:
     network: dict | None = None  # model_config, input_size, output_size, state_dict: for model.pretrained
     format: str = FORMAT
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelBundle":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 def save_bundle(path: str | Path, *, onnx_bytes: bytes, **contents) -> Path:
     """Write ModelBundle(onnx=onnx_bytes, **contents) as a model file, and the .onnx beside it."""
     bundle = ModelBundle(onnx=onnx_bytes, **contents)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    saved = {**asdict(bundle), "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8)}
-    torch.save(saved, path)
+    torch.save({**asdict(bundle), "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8)}, path)
     path.with_suffix(".onnx").write_bytes(onnx_bytes)
     return path
 
@@ -75,19 +69,17 @@ def load_model_file(path: str | Path) -> ModelBundle:
     if meta.get("torchyard.format") != FORMAT:
         raise ModelFileError(f"{path} has no torchyard preprocessing metadata; serve the .pth model file written "
                              "beside it, or an .onnx exported by torchyard")
-    missing = [key for key in _ONNX_REQUIRED if key not in meta]
-    if missing:
+    if missing := [key for key in _ONNX_REQUIRED if key not in meta]:
         raise ModelFileError(f"{path} has incomplete torchyard metadata: it lacks {', '.join(missing)}; export it "
                              "again (train.py --model_fn writes both files)")
     parsed = {}
     for key in ("torchyard.preprocessing", "torchyard.metrics", "torchyard.run"):
         try:
-            parsed[key] = json.loads(meta.get(key, "{}"))
+            parsed[key.removeprefix("torchyard.")] = json.loads(meta.get(key, "{}"))
         except ValueError as exc:
             raise ModelFileError(f"{path} has bad torchyard metadata: {key} is not valid JSON ({exc})") from None
     bundle = ModelBundle(onnx=path.read_bytes(), data_type=meta["torchyard.data_type"], task=meta["torchyard.task"],
-                         preprocessing=parsed["torchyard.preprocessing"], metrics=parsed["torchyard.metrics"],
-                         run=parsed["torchyard.run"])
+                         **parsed)
     return check_fields(bundle, str(path))
 
 
@@ -102,8 +94,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a torchyard model file (expected format {FORMAT}); "
                              "train one with train.py --model_fn")
-    missing = [key for key in _REQUIRED if key not in bundle]
-    if missing:
+    if missing := [key for key in _REQUIRED if key not in bundle]:
         raise ModelFileError(f"{path} is an incomplete torchyard model file: it lacks {', '.join(missing)}; "
                              "train it again with train.py --model_fn")
     onnx_bytes = bundle["onnx"]
@@ -111,7 +102,8 @@ def load_bundle(path: str | Path) -> ModelBundle:
         raise ModelFileError(f"{path} is a damaged torchyard model file: its 'onnx' entry is not the ONNX model's "
                              "bytes; train it again with train.py --model_fn")
     bundle["onnx"] = onnx_bytes.numpy().tobytes()
-    return check_fields(ModelBundle.from_dict(bundle), str(path))
+    known = {f.name for f in fields(ModelBundle)}  # entries a newer torchyard may add are left out
+    return check_fields(ModelBundle(**{k: v for k, v in bundle.items() if k in known}), str(path))
 
 
 _REQUIRED = ("onnx", "data_type", "task", "preprocessing")  # what Predictor needs; metrics, run, network optional
@@ -126,10 +118,9 @@ def check_fields(bundle: ModelBundle, source: str) -> ModelBundle:
     from preprocessing.kinds import DATA_TYPES
 
     problems = []
-    if bundle.data_type not in DATA_TYPES:
-        problems.append(f"data_type is {bundle.data_type!r}, not one of {', '.join(DATA_TYPES)}")
-    if bundle.task not in TASKS:
-        problems.append(f"task is {bundle.task!r}, not one of {', '.join(TASKS)}")
+    for name, allowed in (("data_type", DATA_TYPES), ("task", TASKS)):
+        if getattr(bundle, name) not in allowed:
+            problems.append(f"{name} is {getattr(bundle, name)!r}, not one of {', '.join(allowed)}")
     for name in ("preprocessing", "metrics", "run"):
         if not isinstance(getattr(bundle, name), dict):
             problems.append(f"{name} is a {type(getattr(bundle, name)).__name__}, not a mapping")

@@ -32,13 +32,12 @@ class CompiledTable:
         state = predictor.transform.state
         numeric, categorical = state["numeric"], state["categorical"]
         self.numeric_names = [c["name"] for c in numeric]
-        self.fill = np.array([c["fill"] for c in numeric], dtype=np.float64)
-        self.center = np.array([c["center"] for c in numeric], dtype=np.float64)
-        self.scale = np.array([c["scale"] for c in numeric], dtype=np.float64)
-        # the training range per numeric feature, for the skew gauge (NaN where the model file has none)
-        self.low = np.array([c.get("min", np.nan) for c in numeric], dtype=np.float64)
-        self.high = np.array([c.get("max", np.nan) for c in numeric], dtype=np.float64)
-        self.ranged = [c["name"] for c in numeric if "min" in c]
+        self.fill, self.center, self.scale = np.array([[c[k] for c in numeric] for k in ("fill", "center", "scale")],
+                                                      dtype=np.float64)
+        # the training range of the numeric features that have one in the model file, for the skew gauge
+        ranged = [c for c in numeric if "min" in c]
+        self.ranged = [c["name"] for c in ranged]
+        self.low, self.high = np.array([[c["min"] for c in ranged], [c["max"] for c in ranged]], dtype=np.float64)
         self.has_range = np.array(["min" in c for c in numeric], dtype=bool)
         self.categorical = [(c["name"], c["fill"], {v: i for i, v in enumerate(c["categories"])},
                              len(c["categories"])) for c in categorical]
@@ -52,35 +51,27 @@ class CompiledTable:
     def columns_of(self, data) -> dict[str, list] | None:
         """The rows of a decoded /predict body as one list per column, or None when the body is not a plain valid
         request (the Predictor path then answers it, with its validation errors if it is not valid)."""
-        if type(data) is not dict or len(data) != 1:
-            return None
-        return self._columns(data.get("rows"))
+        return self._columns(data.get("rows")) if type(data) is dict and len(data) == 1 else None
 
     def scoring_columns_of(self, data) -> dict[str, list] | None:
         """The same for a decoded /invocations body (MLflow's scoring protocol) holding records: `dataframe_records`,
         or `instances` / `inputs` as a list of records (optional `params`, ignored as serving/scoring.py ignores
         it), each record with exactly the model's columns; None for anything else (scoring.parse then reads it)."""
-        if type(data) is not dict:
-            return None
-        given = [key for key in SCORING_RECORDS if key in data]
+        given = [key for key in SCORING_RECORDS if key in data] if type(data) is dict else []
         if len(given) != 1 or len(data) - ("params" in data) != 1:
             return None
         return self._columns(data[given[0]])
 
     def _columns(self, rows) -> dict[str, list] | None:
-        if type(rows) is not list or not rows:
-            return None
         names = self.column_set
-        for row in rows:
-            if type(row) is not dict or row.keys() != names:
-                return None
+        if type(rows) is not list or not rows or any(type(row) is not dict or row.keys() != names for row in rows):
+            return None
         return {name: [row[name] for row in rows] for name in self.columns}
 
     def features(self, columns: dict[str, list]) -> tuple[np.ndarray, np.ndarray] | None:
         """(float32 features [rows, n_features], the raw numeric values with NaN for null), or None when a value is
         one the fast path does not take (see the module's docstring)."""
         n = len(columns[self.columns[0]])
-        blocks = []
         numbers = [columns[name] for name in self.numeric_names]
         if not set(map(type, chain.from_iterable(numbers))) <= NUMERIC_TYPES:
             return None
@@ -94,10 +85,9 @@ class CompiledTable:
             scaled = (np.where(np.isnan(raw), self.fill, raw) - self.center) / self.scale
         if not (np.abs(scaled) <= FLOAT32_MAX).all():  # the Predictor path names the column and rows
             return None
-        blocks.append(scaled)
+        blocks = [scaled]
         for name, fill, codes, size in self.categorical:
-            text = _as_text(columns[name])
-            if text is None:
+            if (text := _as_text(columns[name])) is None:
                 return None
             index = np.fromiter((codes.get(fill if t is None else t, -1) for t in text), dtype=np.int64, count=n)
             if self.onehot:
@@ -116,12 +106,10 @@ class CompiledTable:
     def predictions(self, outputs: np.ndarray) -> list[dict]:
         """The `predictions` of the response, as the Predictor path renders them."""
         if self.classes is None:
-            labels, _ = self.predictor.transform.decode_predictions(outputs)
-            return [{"prediction": label} for label in labels]
+            return self.records(outputs)  # {"prediction": value} on both routes
         classes, keys = self.classes, self.class_keys
-        probabilities = outputs.astype(np.float64).tolist()
         return [{"prediction": classes[i], "probabilities": dict(zip(keys, p))}
-                for i, p in zip(outputs.argmax(axis=1).tolist(), probabilities)]
+                for i, p in zip(outputs.argmax(axis=1).tolist(), outputs.astype(np.float64).tolist())]
 
     def records(self, outputs: np.ndarray) -> list[dict]:
         """The `predictions` of an /invocations response, as serving.scoring.answer renders the Predictor's table:
@@ -138,7 +126,7 @@ class CompiledTable:
         values = raw[:, self.has_range]
         present = ~np.isnan(values)
         with np.errstate(invalid="ignore"):
-            outside = present & ((values < self.low[self.has_range]) | (values > self.high[self.has_range]))
+            outside = present & ((values < self.low) | (values > self.high))
         return self.ranged, present.sum(axis=0).tolist(), outside.sum(axis=0).tolist()
 
 

@@ -35,13 +35,11 @@ class Predictor:
             self.transform = kinds.transform_for(bundle.preprocessing)
             self.kind = kinds.of(self.transform)
             self.classes  # noqa: B018 - the target's state is read on every prediction
-        except TorchyardError:
-            raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             missing = f"the entry {exc} is missing" if isinstance(exc, KeyError) else _short(exc)
             raise ModelFileError(f"{source} has an unusable preprocessing state ({missing}); train it again") from None
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 3  # errors only
         if threads:
             options.intra_op_num_threads = threads
         if not spinning:
@@ -80,23 +78,19 @@ class Predictor:
             return pd.DataFrame({"prediction": []})
         step = self.kind.predict_rows or len(frame)  # texts: batches bound [rows, tokens, width] activations
         numbers = row_numbers(frame)
-        outputs = []
-        for i in range(0, len(frame), step):
-            out = self.outputs(self.transform.features(frame.iloc[i:i + step], name))
-            outputs.append(_finite(out, lambda bad: f"{rows_text(numbers[i:i + step][bad])} of {name}"))
+        outputs = [_finite(self.outputs(self.transform.features(frame.iloc[i:i + step], name)),
+                           lambda bad: f"{rows_text(numbers[i:i + step][bad])} of {name}")
+                   for i in range(0, len(frame), step)]
         return self._table(np.concatenate(outputs), frame.index)
 
     def predict_images(self, paths: list, batch_size: int = 256, names: list[str] | None = None) -> pd.DataFrame:
         """Images (file paths, or their bytes with `names`): one row per file, in the given order: `path`,
         `prediction`, `proba_<class>`..."""
         names = names or [str(p) for p in paths]
-        outputs = []
-        for i in range(0, len(paths), batch_size):
-            out = self.outputs(self.transform.features(paths[i:i + batch_size], names[i:i + batch_size]))
-            outputs.append(_finite(out, lambda bad: ", ".join(np.asarray(names[i:i + batch_size])[bad][:5])))
-        table = self._table(np.concatenate(outputs), pd.RangeIndex(len(paths)))
-        table.insert(0, "path", names)
-        return table
+        batches = [(paths[i:i + batch_size], names[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+        outputs = [_finite(self.outputs(self.transform.features(files, some)),
+                           lambda bad: ", ".join(np.asarray(some)[bad][:5])) for files, some in batches]
+        return self._table(np.concatenate(outputs), pd.RangeIndex(len(paths)), path=names)
 
     def check(self) -> "Predictor":
         """One prediction on a sample input built from the input schema (null rows, a text, a grey image), with 1
@@ -117,9 +111,10 @@ class Predictor:
             raise ModelFileError(f"{self.source} failed one prediction on a sample input: {_short(exc)}") from None
         return self
 
-    def _table(self, outputs: np.ndarray, index) -> pd.DataFrame:
+    def _table(self, outputs: np.ndarray, index, **first) -> pd.DataFrame:
+        """`first` (columns put before the predictions), `prediction` and the `proba_<class>` columns."""
         labels, probabilities = self.transform.decode_predictions(outputs)
-        columns = {"prediction": labels}
+        columns = {**first, "prediction": labels}
         if probabilities is not None:  # built at once: a column inserted per class cost ~1 ms each (pandas)
             for j, label in enumerate(self.classes):
                 columns[f"proba_{label}"] = probabilities[:, j].astype(np.float64)
@@ -151,9 +146,8 @@ def _sample_image(schema: dict) -> bytes:
     from PIL import Image
 
     side = int(schema["image_size"])
-    mode = "L" if schema["channels"] == 1 else "RGB"
     buffer = io.BytesIO()
-    Image.new(mode, (side, side), 128 if mode == "L" else (128, 128, 128)).save(buffer, format="PNG")
+    Image.new("L" if schema["channels"] == 1 else "RGB", (side, side), "gray").save(buffer, format="PNG")  # gray: 128
     return buffer.getvalue()
 
 

@@ -50,11 +50,9 @@ class ServingMetrics:
 
     def child(self, metric, *labels):
         """`metric.labels(*labels)`, looked up once (the label sets are bounded: routes, statuses, the model)."""
-        key = (metric, labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+        if (metric, labels) not in self._children:
+            self._children[metric, labels] = metric.labels(*labels)
+        return self._children[metric, labels]
 
     def serving(self, name: str, version: str | None, alias: str | None, data_type: str) -> None:
         """Record the model now served (the previous one's series is removed)."""
@@ -102,15 +100,11 @@ class _SkewGauge:
     training split's min/max since the server started; a custom collector, so the ratio is computed when /metrics is
     scraped instead of a gauge being set per feature on every request."""
 
-    NAME = "torchyard_feature_out_of_range_ratio"
-    HELP = ("Share of the served values of a numeric feature outside the training split's min/max, since the server "
-            "started")
-
     def __init__(self, seen: dict[str, list[int]], lock: threading.Lock):
         self._seen, self._lock = seen, lock
 
     def collect(self):
-        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["feature"])
+        family = self.describe()[0]
         with self._lock:
             ratios = [(feature, outside / seen) for feature, (seen, outside) in self._seen.items() if seen]
         for feature, ratio in ratios:
@@ -118,7 +112,9 @@ class _SkewGauge:
         return [family]
 
     def describe(self):
-        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["feature"])]
+        return [GaugeMetricFamily("torchyard_feature_out_of_range_ratio", "Share of the served values of a numeric "
+                                  "feature outside the training split's min/max, since the server started",
+                                  labels=["feature"])]
 
 
 class MetricsMiddleware:

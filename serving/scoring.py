@@ -95,18 +95,16 @@ def image_files(frame: pd.DataFrame) -> tuple[list[str], list[bytes]]:
     if IMAGE_COLUMN not in frame:
         raise ScoringError(f"an image model takes a column {IMAGE_COLUMN!r} of base64-encoded files; got columns "
                            f"{list(frame.columns)}")
-    names, files = [], []
-    for i, encoded in enumerate(frame[IMAGE_COLUMN]):
-        names.append(f"{IMAGE_COLUMN}[{i}]")
+    names, files = [f"{IMAGE_COLUMN}[{i}]" for i in range(len(frame))], []
+    for name, encoded in zip(names, frame[IMAGE_COLUMN]):
         try:
             files.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError, TypeError):
-            raise ScoringError(f"{IMAGE_COLUMN}[{i}] is not valid base64") from None
+            raise ScoringError(f"{name} is not valid base64") from None
     return names, files
 
 
 def answer(table: pd.DataFrame) -> dict:
     """MLflow's response shape for a DataFrame output: one record per row; NaN as null."""
-    records = table.to_dict(orient="records")
     return {"predictions": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                            for r in records]}
+                            for r in table.to_dict(orient="records")]}

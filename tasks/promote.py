@@ -5,6 +5,8 @@ is scored on the same new test split through the same Predictor that serves it. 
 configured metric improves by more than 0 and by at least `min_improvement`; moving an alias is one registry
 update, so the registry always has a champion, whatever fails when. The first model of a name becomes champion.
 """
+import functools
+
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
@@ -35,23 +37,16 @@ def champion_version(client, name: str):
 def unchanged_since_champion(name: str, fingerprint: str, config_hash: str):
     """The champion version when it was trained on this exact data with this exact config, else None."""
     champion = champion_version(tracking.configure(), name)
-    if champion and champion.tags.get("data_fingerprint") == fingerprint \
-            and champion.tags.get("torchyard.config_hash") == config_hash:
-        return champion
-    return None
+    asked = {"data_fingerprint": fingerprint, "torchyard.config_hash": config_hash}
+    return champion if champion and all(champion.tags.get(k) == v for k, v in asked.items()) else None
 
 
 def score_on(prepared: Prepared, reference: str, metric: str) -> float:
     """`metric` of the model at `reference`, on this run's test split, through the serving Predictor. The test
     rows are read in record batches, so a test split larger than memory is scored too."""
-    bundle, _ = resolve(reference, registry)
-    predictor = Predictor(bundle)
+    predictor = Predictor(resolve(reference, registry)[0])
     target = load_transform(prepared).target
-    kind = kinds.of(predictor.transform)
-
-    def predict(frame):
-        return kind.predict_frame(predictor, frame, "the new test split")
-
+    predict = functools.partial(kinds.of(predictor.transform).predict_frame, predictor, name="the new test split")
     frames = (batch.to_pandas() for batch in pq.ParquetFile(prepared.test_frame).iter_batches(SCORE_BATCH_ROWS))
     return promotion.score(predict, frames, target.name, target.task, list(target.labels), metric)
 
@@ -91,10 +86,8 @@ def promote(prepared: Prepared, metrics: dict, metric: str, min_improvement: flo
     logger.info(f"challenger version {version}: {decision} ({reason}); champion was {before}")
     rows = [("challenger", version, challenger), ("champion before", before, champion_score)]
     table = "\n".join(f"| {who} | {v} | {'' if s is None else f'{s:.4f}'} |" for who, v, s in rows)
-    create_markdown_artifact(
-        key="promotion",
+    create_markdown_artifact(  # not promoted: there is a champion, which keeps the alias
+        key="promotion", description="champion/challenger decision of this train-flow run",
         markdown=(f"# {name}: {decision}\n\n{reason}.\n\n| model | version | {metric} |\n|---|---|---|\n{table}\n\n"
-                  f"`models:/{name}@{CHAMPION}` -> version "
-                  f"{version if promoted else (champion.version if champion else '-')}\n"),
-        description="champion/challenger decision of this train-flow run")
+                  f"`models:/{name}@{CHAMPION}` -> version {version if promoted else champion.version}\n"))
     return result

@@ -70,20 +70,18 @@ def predict_raw(predictor, model_input) -> pd.DataFrame:
 
     missing = pd.Series(None, index=frame.index, dtype=object)
     paths, files = frame.get(IMAGE_PATH, missing), frame.get(IMAGE_BYTES, missing)
-    sources, names = [], []
+    images = []  # (source, name)
     for i, (path, data) in enumerate(zip(paths, files)):
         if isinstance(path, (str, os.PathLike)) and str(path):
-            sources.append(str(path))
-            names.append(str(path))
+            images.append((str(path), str(path)))
         elif isinstance(data, (bytes, bytearray)):
-            sources.append(bytes(data))
-            names.append(f"{IMAGE_BYTES}[{i}]")
+            images.append((bytes(data), f"{IMAGE_BYTES}[{i}]"))
         else:
             raise DataError(f"row {i} of the model input has neither an image file '{IMAGE_PATH}' nor the bytes of "
                             f"one in '{IMAGE_BYTES}'")
-    if not sources:
+    if not images:
         return pd.DataFrame({IMAGE_PATH: [], "prediction": []})
-    return predictor.predict_images(sources, names=names)
+    return predictor.predict_images([s for s, _ in images], names=[n for _, n in images])
 
 
 def input_example(predictor, test_frame: Path) -> pd.DataFrame:

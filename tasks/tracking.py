@@ -83,24 +83,17 @@ def check_sqlite_store(path: Path, full_check_below_mb: int = 256) -> None:
                 result = db.execute("PRAGMA quick_check").fetchone()[0]
                 if result != "ok":
                     raise sqlite3.DatabaseError(result)
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
-            return  # busy, not broken: MLflow waits for it
-        raise _damaged(path, exc) from None
     except sqlite3.DatabaseError as exc:
-        raise _damaged(path, exc) from None
-
-
-def _damaged(path: Path, exc: Exception) -> TrackingUnavailable:
-    return TrackingUnavailable(f"the MLflow store {path} is damaged ({exc}); restore it from a backup, or move it "
-                               f"aside (mv {path} {path}.broken) and a new, empty store is created on the next run "
-                               "(the artifacts beside it are not touched)")
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return  # busy, not broken: MLflow waits for it
+        raise TrackingUnavailable(f"the MLflow store {path} is damaged ({exc}); restore it from a backup, or move it "
+                                  f"aside (mv {path} {path}.broken) and a new, empty store is created on the next "
+                                  "run (the artifacts beside it are not touched)") from None
 
 
 def record_failure(run_id: str, exc: BaseException) -> str:
     """Tag the run with why it failed: the user-facing sentence, or the exception type and message of a bug."""
-    reason = user_facing(exc)
-    reason = str(reason) if reason else f"{type(exc).__name__}: {exc}"
+    reason = str(user_facing(exc) or f"{type(exc).__name__}: {exc}")
     set_tags(run_id, {"failure_reason": reason[:5000]})
     return reason
 
@@ -169,29 +162,26 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, created when missing, with the training-runs kind and the saved view (added to an
     existing experiment once; a view a user has since changed in the UI is theirs and left alone)."""
     view_key, view = runs_view_tag()
+    tags = {**EXPERIMENT_KIND, view_key: view}
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if "mlflow.experimentKind" not in experiment.tags:
-            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
-        if view_key not in experiment.tags:
-            client.set_experiment_tag(experiment.experiment_id, view_key, view)
-        return experiment.experiment_id
-    root = artifact_root()
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                    tags={**EXPERIMENT_KIND, view_key: view})
+    if experiment is None:
+        root = artifact_root()
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=tags)
+    for key, value in tags.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
-def flat(prefix: str, values: dict) -> dict:
-    """{'a': {'b': 1}} -> {'prefix.a.b': 1}: step-prefixed names that compare across runs in the UI."""
-    out = {}
+def flat(prefix: str, values: dict):
+    """{'a': {'b': 1}} -> ('prefix.a.b', 1): step-prefixed names that compare across runs in the UI."""
     for key, value in values.items():
         name = f"{prefix}.{key}" if prefix else key
-        out.update(flat(name, value) if isinstance(value, dict) else {name: value})
-    return out
+        yield from flat(name, value) if isinstance(value, dict) else [(name, value)]
 
 
 def log_params(run_id: str, prefix: str, values: dict) -> None:
-    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(prefix, values).items()]
+    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(prefix, values)]
     configure().log_batch(run_id, params=params)
 
 

@@ -55,27 +55,20 @@ class MlflowEpochLogger(Callback):
         self.seconds += time.perf_counter() - started
 
 
-def pretrained_network(reference: str) -> dict:
-    """The 'network' entry of a torchyard model file, given its path or a registry URI (models:/name/1,
-    models:/name@champion)."""
-    try:
-        bundle, _ = resolve(reference, registry)
-    except ModelFileError as exc:
-        raise DataError(f"model.pretrained {reference} could not be loaded: {exc}") from exc
-    if bundle.network is None:
-        raise DataError(f"model.pretrained {reference} holds no network weights; give the .pth model file")
-    return bundle.network
-
-
 def build_trainer(transform, model_config: ModelConfig, config: TrainerConfig, seed: int, device: torch.device,
                   callbacks: list[Callback], logger=None) -> tuple[Trainer, ModelConfig]:
-    """training.fit.build_trainer for this run's prepared data; model.pretrained is fetched here (a path or a
-    registry URI) and checked against the data's input size."""
+    """training.fit.build_trainer for this run's prepared data; model.pretrained (a model file's path or a registry
+    URI: models:/name/1, models:/name@champion) is fetched here and checked against the data's input size."""
     pretrained = None
-    if model_config.pretrained:
-        pretrained = pretrained_network(model_config.pretrained)
+    if reference := model_config.pretrained:
+        try:
+            pretrained = resolve(reference, registry)[0].network
+        except ModelFileError as exc:
+            raise DataError(f"model.pretrained {reference} could not be loaded: {exc}") from exc
+        if pretrained is None:
+            raise DataError(f"model.pretrained {reference} holds no network weights; give the .pth model file")
         if pretrained["input_size"] != input_size(transform):
-            raise DataError(f"model.pretrained {model_config.pretrained} takes {pretrained['input_size']} input "
+            raise DataError(f"model.pretrained {reference} takes {pretrained['input_size']} input "
                             f"channel(s)/feature(s) but this data has {input_size(transform)}")
     target = transform.target
     trainer, built_from = fit.build_trainer(model_config, config, task=target.task, n_classes=target.n_classes,
@@ -95,9 +88,8 @@ def train_distributed(prepared: Prepared, transform, model_config: ModelConfig, 
         raise DataError(refusal)
     dist = config.distributed
     out = Path(checkpoint_dir)
-    target = transform.target
-    job = ddp.write_job(out, arrays=prepared.arrays, model=model_config, train=config, task=target.task,
-                        n_classes=target.n_classes, input_size=input_size(transform), seed=seed,
+    job = ddp.write_job(out, arrays=prepared.arrays, model=model_config, train=config, task=transform.target.task,
+                        n_classes=transform.target.n_classes, input_size=input_size(transform), seed=seed,
                         device=device.type)
     command = ddp.torchrun_command(job, dist)
     logger.info(f"data-parallel training: {dist.nproc_per_node} process(es) x {dist.nnodes} node(s) "

@@ -5,6 +5,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEDULERS = ("none", "LambdaLR", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau")
+SCHEDULER_ALIASES = {s.lower(): s for s in ("auto",) + SCHEDULERS} | {
+    "lambda": "LambdaLR", "step": "StepLR", "multistep": "MultiStepLR", "exponential": "ExponentialLR",
+    "cosine": "CosineAnnealingLR", "plateau": "ReduceLROnPlateau"}
 
 
 class _Section(BaseModel):
@@ -44,12 +47,7 @@ class SchedulerConfig(_Section):
     @field_validator("name", mode="before")
     @classmethod
     def _canonical_name(cls, value):
-        if not isinstance(value, str):
-            return value
-        aliases = {s.lower(): s for s in ("auto",) + SCHEDULERS} | {
-            "lambda": "LambdaLR", "step": "StepLR", "multistep": "MultiStepLR", "exponential": "ExponentialLR",
-            "cosine": "CosineAnnealingLR", "plateau": "ReduceLROnPlateau"}
-        return aliases.get(value.lower(), value)
+        return SCHEDULER_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
 
 
 class DistributedConfig(_Section):
@@ -127,9 +125,7 @@ class TrainerConfig(_Section):
         """This config with the defaults that depend on the task made (n_epochs, early-stopping patience, the
         'auto' schedule); what the user gave is kept. Binary and multiclass count as classification."""
         epochs, patience = EPOCHS_PATIENCE["regression" if task == "regression" else "classification"]
-        stopping = self.early_stopping
-        if stopping.patience is None:
-            stopping = stopping.model_copy(update={"patience": patience})
+        stopping = self.early_stopping.model_copy(update={"patience": self.early_stopping.patience or patience})
         return self.model_copy(update={"n_epochs": self.n_epochs or epochs, "early_stopping": stopping,
                                        "scheduler": self.scheduler.for_task(task)})
 
@@ -137,11 +133,7 @@ class TrainerConfig(_Section):
         """This config with the automatic choices made: the task's defaults (for_task), the batch size for
         `n_train` training rows, and `lr` (the range test's pick) when lr is 'auto'."""
         config = self.for_task(task)
-        update = {}
-        if config.batch_size is None:
-            update["batch_size"] = auto_batch_size(n_train)
-        if (update.get("batch_size") or config.batch_size) > n_train:
-            update["batch_size"] = max(1, n_train)  # one batch of the whole split; said in the train task's log
-        if config.lr == "auto":
-            update["lr"] = lr if lr is not None else DEFAULT_LR
-        return config.model_copy(update=update)
+        # more than n_train: one batch of the whole split; said in the train task's log
+        batch_size = min(config.batch_size or auto_batch_size(n_train), max(1, n_train))
+        lr = (DEFAULT_LR if lr is None else lr) if config.lr == "auto" else config.lr
+        return config.model_copy(update={"batch_size": batch_size, "lr": lr})

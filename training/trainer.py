@@ -29,9 +29,8 @@ class Trainer:
         train, val = train.to(self.device), val.to(self.device)
         self._hook("on_fit_start")
         while self.epoch < self.max_epochs and not self.should_stop:
-            lr = self.optimizer.param_groups[0]["lr"]
-            train_loss = self._train_epoch(train)
-            metrics = {"epoch": self.epoch + 1, "train_loss": train_loss, **self.validate(val), "lr": lr}
+            lr = self.optimizer.param_groups[0]["lr"]  # the epoch's rate, before the scheduler steps
+            metrics = {"epoch": self.epoch + 1, "train_loss": self._train_epoch(train), **self.validate(val), "lr": lr}
             self._step_scheduler(metrics)
             self.epoch += 1
             self.history.append(metrics)
@@ -71,11 +70,9 @@ class Trainer:
         return {"val_loss": loss, **self.objective.val_metrics(outputs, targets)}
 
     def _step_scheduler(self, metrics: dict) -> None:
-        if self.scheduler is None:
-            return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(metrics[self.monitor])
-        else:
+        elif self.scheduler is not None:
             self.scheduler.step()
 
     def _autocast(self):

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.config import DataConfig, ImageConfig, TabularConfig, TextConfig
+from preprocessing.errors import DataError
+from preprocessing.sources import fingerprint, read_table
 from preprocessing.split import SPLITS
 from preprocessing.steps import Prepared, Snapshot, Splits, Validated
 from preprocessing.validate import TableSchema
@@ -82,8 +84,6 @@ class Kind:
 
     def collect(self, settings: Settings, work_dir: Path, snapshot: Path) -> Collected:
         """Read the source: a table of rows (here), or for images the listing of files and labels."""
-        from preprocessing.sources import fingerprint, read_table
-
         config = settings.data
         frame = read_table(config.source, config.format, encoding_errors=config.encoding_errors,
                            max_file_mb=config.max_file_mb, max_line_mb=config.max_line_mb)
@@ -151,9 +151,7 @@ class Kind:
 
     def distributed_refusal(self, prepared: Prepared, pretrained: bool) -> str | None:
         """Why train.distributed cannot run on this data, or None."""
-        if pretrained:
-            return "train.distributed trains from scratch; model.pretrained trains in one process"
-        return None
+        return "train.distributed trains from scratch; model.pretrained trains in one process" if pretrained else None
 
     def check_config(self, config) -> None:
         """Rules between this data type and the rest of a run's config (flows/config.py's RunConfig); ValueError
@@ -163,9 +161,6 @@ class Kind:
 
     def read_inputs(self, inputs: list[str], fmt: str, transform) -> pd.DataFrame:
         """What predict.py's --input names, as the table predict_frame takes: here one table of rows."""
-        from preprocessing.errors import DataError
-        from preprocessing.sources import read_table
-
         if len(inputs) > 1:
             raise DataError(f"a {self.name} model takes one --input table")
         return read_table(inputs[0], fmt)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from preprocessing import streaming
+from preprocessing import streaming, tabular
 from preprocessing.kinds.base import Checked, Collected, Fitted, Kind, Record
 from preprocessing.steps import Prepared
 from preprocessing.tabular import TabularTransform, check_ranges
@@ -65,8 +65,6 @@ class Table(Kind):
         return Fitted(state, {}, summary, Record(params=params), arrays_path=work / "arrays")
 
     def fit_parts(self, parts, schema, settings, cache, work, mapper):
-        from preprocessing import tabular
-
         config = settings.tabular
         state = tabular.fit(parts["train"], schema, config)
         transform = TabularTransform(state)
