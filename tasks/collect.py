@@ -73,8 +73,8 @@ def collect(config: DataConfig, image_config: ImageConfig, run_id: str, work_dir
     (logger.warning if noteworthy else logger.info)(f"{summary} (fingerprint {digest})")
 
     client = tracking.configure()
-    client.log_inputs(run_id, datasets=[DatasetInput(_dataset_entity(frame, n_rows, config, digest),
-                                                     tags=[InputTag("mlflow.data.context", "training")])])
+    tracking.log_dataset(client, run_id, DatasetInput(_dataset_entity(frame, n_rows, config, digest),
+                                                      tags=[InputTag("mlflow.data.context", "training")]))
     tracking.log_params(run_id, "collect", {"source": config.source, "rows": n_rows,
                                             "columns": len(frame.columns)})
     if frame.attrs.get("replaced_characters"):

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, Metric, Param
+from mlflow.exceptions import MlflowException
 
 from preprocessing.errors import TorchyardError, user_facing
 
@@ -178,6 +179,22 @@ def flat(prefix: str, values: dict):
     for key, value in values.items():
         name = f"{prefix}.{key}" if prefix else key
         yield from flat(name, value) if isinstance(value, dict) else [(name, value)]
+
+
+DUPLICATE_KEY_ERRORS = ("IntegrityError", "UniqueViolation", "UNIQUE constraint")  # SQLite, PostgreSQL, MySQL
+
+
+def log_dataset(client: MlflowClient, run_id: str, dataset: DatasetInput, attempts: int = 5) -> None:
+    """client.log_inputs, again when another run inserted the same new dataset at that moment. MLflow's store looks
+    for the dataset, then inserts it: two runs of the same data in one experiment at once collide on the datasets
+    table's unique key (one of them failed in collect); the next attempt finds the row and links it to the run."""
+    for attempt in range(attempts):
+        try:
+            return client.log_inputs(run_id, datasets=[dataset])
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(s in str(exc) for s in DUPLICATE_KEY_ERRORS):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def log_params(run_id: str, prefix: str, values: dict) -> None:

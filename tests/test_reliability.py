@@ -112,6 +112,40 @@ def test_two_runs_at_once_on_one_store_both_complete_and_register(mlflow_client,
     assert mlflow_client.get_model_version_by_alias(name, "champion") is not None
 
 
+def test_two_runs_logging_the_same_new_dataset_at_once_both_record_it(tmp_path):
+    """MLflow's store looks for a dataset, then inserts it: two runs of the same data in one experiment at the same
+    moment collided on the unique key and one failed in collect (UNIQUE constraint failed: datasets...; about two
+    pairs in three here without tracking.log_dataset's retry)."""
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from tasks import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'race.db'}")
+    experiment = client.create_experiment("race")
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    together, errors = threading.Barrier(2), []
+
+    def log(run_id: str, i: int) -> None:
+        dataset = Dataset(name=f"data{i}", digest=f"digest{i}", source_type="local", source="{}")
+        together.wait()
+        try:
+            tracking.log_dataset(client, run_id, DatasetInput(dataset, [InputTag("mlflow.data.context", "training")]))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    for i in range(20):
+        threads = [threading.Thread(target=log, args=(run_id, i)) for run_id in runs]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert not errors, errors[0]
+    for run_id in runs:
+        assert sorted(d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs) == \
+            sorted(f"data{i}" for i in range(20))
+
+
 def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
     """A real `mlflow server`, killed after the second epoch and back 5 s later: MLflow's client retries the
     metric batches, the run completes, and every epoch is recorded once."""
