@@ -176,8 +176,6 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
                 time.sleep(0.2)
         raise AssertionError(f"mlflow server did not start (exit code {server.poll()})")
 
-    servers = [start()]
-    wait_healthy(servers[0])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30000, 8))
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
@@ -185,12 +183,13 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
     frame.to_csv(tmp_path / "outage.csv", index=False)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "PREFECT_HOME": str(tmp_path / "prefect"),
            "TORCHYARD_WORK_DIR": str(tmp_path / "work")}
-    process = subprocess.Popen([sys.executable, "train.py", "--data", str(tmp_path / "outage.csv"), "--n_epochs", "6",
-                                "--batch_size", "32", "--patience", "20"], cwd=REPO, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines = []
+    servers, lines, process = [start()], [], None
     restart = threading.Timer(5, lambda: servers.__setitem__(1, start()))
-    try:
+    try:  # every server and the run end with the test, whatever fails
+        wait_healthy(servers[0])
+        process = subprocess.Popen([sys.executable, "train.py", "--data", str(tmp_path / "outage.csv"), "--n_epochs",
+                                    "6", "--batch_size", "32", "--patience", "20"], cwd=REPO, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for line in process.stdout:
             lines.append(line)
             if "epoch 2/6" in line and len(servers) == 1:
@@ -200,6 +199,9 @@ def test_tracking_server_down_mid_training_loses_no_epoch(tmp_path):
                 restart.start()
         assert process.wait(timeout=300) == 0, "".join(lines[-30:])
     finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
         if restart.is_alive():
             restart.join()  # the restart may still be pending
         for server in servers:
