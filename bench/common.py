@@ -4,7 +4,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from flows.prefect_server import free_port  # noqa: E402,F401 - stdlib only; the benchmarks' loopback ports
 
 
 def store_env(folder: Path, mlflow_db: str = "mlflow/mlflow.db", base=os.environ, **extra: str) -> dict:
@@ -54,12 +55,6 @@ def run_json(command: list[str], what: str, **kwargs) -> dict:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def interleaved(names, rounds: int, rotate: bool = False):

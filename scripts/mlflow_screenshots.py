@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from flows.prefect_server import free_port  # noqa: E402
 from scripts.local_stack import stop  # noqa: E402
 VIEW_PREFIX = "mlflow.sharedViewState."  # a saved view of the runs list (MLflow 3.17's Views menu): an experiment tag
 HEADERS = "[...document.querySelectorAll('[role=columnheader]')].map(e => e.innerText.trim()).filter(Boolean)"
@@ -113,9 +113,7 @@ def metric_names(uri: str, experiment_id: str) -> set:
 
 def start_ui(uri: str, timeout: float = 300) -> tuple[subprocess.Popen, int]:
     """`mlflow ui` on a free loopback port, in its own process group (its server runs in a child process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
                            "--host", "127.0.0.1", "--port", str(port)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
